@@ -1,0 +1,127 @@
+"""What a connector is and what it gets to run one step of one document.
+
+A connector speaks one peer's wire protocol (``client.py``) and turns a step
+into an outcome (``connector.py``). It never touches the store or the queues:
+the worker hands it a :class:`StepContext` and commits what it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+
+from broker.outcomes import (
+    Done,
+    NewFile,
+    Outcome,
+    Pending,
+    PermanentError,
+    Rejected,
+    TransientError,
+)
+from broker.retry import InCallRetry, RetryPolicy, parse_retry_after
+
+__all__ = [
+    "Connector",
+    "Done",
+    "FileView",
+    "NewFile",
+    "Outcome",
+    "Pending",
+    "PermanentError",
+    "Rejected",
+    "StepContext",
+    "TransientError",
+    "error_for_status",
+    "transient_from",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FileView:
+    """A stored file of the document, readable at ``path`` (never modify it)."""
+
+    id: str
+    role: str
+    name: str
+    content_type: str
+    size: int
+    sha256: str
+    path: Path
+
+
+@dataclass
+class StepContext:
+    """Everything one run of one step may use."""
+
+    document_id: str
+    flow: str
+    entity: str
+    step: str
+    # Scheduled run of this step, 1-based (in-call tries are not counted here).
+    run: int
+    kind: str  # "run" | "retry" | "poll"
+    metadata: Mapping[str, Any]
+    files: list[FileView]
+    # This entity's configuration for the connector (endpoint, credentials...).
+    config: Mapping[str, Any]
+    # Remote references recorded by earlier runs (transaction ids...).
+    refs: Mapping[str, str]
+    http: aiohttp.ClientSession
+    workdir: Path
+    retry: InCallRetry = field(default_factory=lambda: InCallRetry(RetryPolicy()))
+    # Persists a remote reference at once, before the step ends.
+    save_ref: Callable[[str, str], Awaitable[None]] | None = None
+
+    def files_with_role(self, role: str) -> list[FileView]:
+        return [f for f in self.files if f.role == role]
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run one peer call with the quick in-call retries."""
+        return await self.retry(fn)
+
+
+class Connector(Protocol):
+    """One peer family. ``steps`` names the flow steps it can run."""
+
+    name: str
+    steps: frozenset[str]
+
+    async def run(self, ctx: StepContext) -> Outcome:
+        """Run ``ctx.step`` for ``ctx.document_id`` once; raise Transient/PermanentError."""
+
+
+def _excerpt(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def error_for_status(resp: aiohttp.ClientResponse, what: str) -> None:
+    """Raise the right step error for a non-2xx answer; return on 2xx.
+
+    408, 425, 429 and 5xx are transient (with the peer's Retry-After); other
+    4xx are permanent and quote the peer's answer so a person can act on it.
+    """
+    if resp.status < 300:
+        return
+    body = _excerpt(await resp.text(errors="replace"))
+    message = f"{what}: HTTP {resp.status} {resp.reason or ''}".rstrip()
+    if body:
+        message = f"{message}: {body}"
+    if resp.status in (408, 425, 429) or resp.status >= 500:
+        raise TransientError(message, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+    raise PermanentError(message)
+
+
+def transient_from(exc: BaseException, what: str) -> TransientError:
+    """A TransientError for a connection-level failure (refused, reset, timeout)."""
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return TransientError(f"{what}: timed out")
+    return TransientError(f"{what}: {type(exc).__name__}: {exc}")
