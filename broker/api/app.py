@@ -1,0 +1,280 @@
+"""HTTP API (aiohttp): documents, parking, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from aiohttp import BodyPartReader, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from broker import registry, service
+from broker.api import models, openapi
+from broker.blobs import CHUNK, TooLarge
+from broker.flows import Problem
+from broker.metrics import INTAKE_REFUSED
+from broker.registry import Principal
+from broker.runtime import Runtime
+from broker.service import ServiceError, StagedPart
+
+log = structlog.get_logger("demat.api")
+
+RUNTIME = web.AppKey("runtime", Runtime)
+PRINCIPAL = "principal"
+PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"})
+TEXT_FIELDS = frozenset({"flow", "entity", "metadata"})
+MAX_TEXT_FIELD = 1024 * 1024
+TOKEN_CACHE_SECONDS = 10.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, message: str, problems: list[Problem] | None = None
+                   ) -> web.Response:
+    body = {"error": message,
+            "problems": [{"field": p.field, "message": p.message} for p in problems or []]}
+    return web.json_response(body, status=status)
+
+
+class TokenCache:
+    """Hashed-token lookups, kept briefly so each request does not hit the store."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, Principal | None]] = {}
+
+    async def principal(self, rt: Runtime, token: str) -> Principal | None:
+        key = registry.hash_token(token)
+        hit = self._seen.get(key)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        async with rt.db.connect() as conn:
+            who = await registry.authenticate(conn, token)
+        if len(self._seen) > 10_000:
+            self._seen.clear()
+        self._seen[key] = (time.monotonic() + TOKEN_CACHE_SECONDS, who)
+        return who
+
+
+@web.middleware
+async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path not in PUBLIC:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return error_response(401, "missing bearer token (Authorization: Bearer …)")
+        who = await request.app[TOKENS].principal(request.app[RUNTIME], header[7:].strip())
+        if who is None:
+            return error_response(401, "unknown or revoked token")
+        request[PRINCIPAL] = who
+    try:
+        return await handler(request)
+    except ServiceError as exc:
+        if exc.status in (413, 422):
+            INTAKE_REFUSED.labels(str(exc.status)).inc()
+        return error_response(exc.status, exc.message, exc.problems)
+
+
+TOKENS = web.AppKey("tokens", TokenCache)
+
+
+def _who(request: web.Request) -> Principal:
+    who: Principal = request[PRINCIPAL]
+    return who
+
+
+def _rt(request: web.Request) -> Runtime:
+    return request.app[RUNTIME]
+
+
+async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(CHUNK):
+        yield chunk
+
+
+async def _read_text(part: BodyPartReader) -> str:
+    data = bytearray()
+    async for chunk in _chunks(part):
+        data += chunk
+        if len(data) > MAX_TEXT_FIELD:
+            raise ServiceError(413, f"form field {part.name!r} is larger than "
+                               f"{MAX_TEXT_FIELD} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ServiceError(422, f"form field {part.name!r} is not UTF-8",
+                           [Problem(part.name or "?", "not UTF-8 text")]) from exc
+
+
+async def submit(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    if not request.content_type.startswith("multipart/"):
+        return error_response(415, "send multipart/form-data: fields flow, entity, metadata "
+                              "and one file part per file, named by its role")
+    fields: dict[str, str] = {}
+    parts: list[StagedPart] = []
+    budget = rt.settings.max_upload
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ServiceError(400, "nested multipart is not supported")
+            name = part.name or ""
+            if part.filename is None and name in TEXT_FIELDS:
+                fields[name] = await _read_text(part)
+                continue
+            if not name:
+                raise ServiceError(422, "a file part has no name",
+                                   [Problem("files", "each file part must be named by its "
+                                            "role, e.g. name=\"document\"")])
+            staged = await rt.blobs.stage(_chunks(part), budget)
+            budget -= staged.size
+            parts.append(StagedPart(name, part.filename or name,
+                                    part.headers.get("Content-Type",
+                                                     "application/octet-stream"), staged))
+        result = await service.submit(rt, _who(request), fields.get("flow"),
+                                      fields.get("entity"), fields.get("metadata"), parts)
+    except TooLarge as exc:
+        for p in parts:
+            rt.blobs.discard(p.staged)
+        INTAKE_REFUSED.labels("413").inc()
+        return error_response(413, f"upload is {exc}: ({rt.settings.max_upload} bytes per "
+                              "document)")
+    except ServiceError:
+        for p in parts:
+            rt.blobs.discard(p.staged)
+        raise
+    except ValueError as exc:  # malformed multipart
+        for p in parts:
+            rt.blobs.discard(p.staged)
+        return error_response(400, f"malformed multipart body: {exc}")
+    return web.json_response(result, status=201)
+
+
+def _int(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ServiceError(422, f"{name} must be an integer",
+                           [Problem(name, f"not an integer: {raw!r}")]) from exc
+
+
+async def get_document(request: web.Request) -> web.Response:
+    return web.json_response(await service.get_document(_rt(request), _who(request),
+                                                        request.match_info["id"]))
+
+
+async def list_documents(request: web.Request) -> web.Response:
+    q = request.query
+    page = await service.list_documents(
+        _rt(request), _who(request), entity=q.get("entity"), flow=q.get("flow"),
+        state=q.get("state"), limit=_int(request, "limit", 100), cursor=q.get("cursor"))
+    return web.json_response(page)
+
+
+async def get_file(request: web.Request) -> web.StreamResponse:
+    rt = _rt(request)
+    row = await service.file_of(rt, _who(request), request.match_info["id"],
+                                request.match_info["file_id"])
+    return web.FileResponse(rt.blobs.path(row.sha256), headers={
+        "Content-Type": row.content_type,
+        "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(row.name)}",
+        "Digest": f"sha-256={row.sha256}"})
+
+
+def _quote(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+async def get_journal(request: web.Request) -> web.Response:
+    return web.json_response(await service.journal_of(_rt(request), _who(request),
+                                                      request.match_info["id"]))
+
+
+async def retry(request: web.Request) -> web.Response:
+    return web.json_response(await service.retry(_rt(request), _who(request),
+                                                 request.match_info["id"]))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    return web.json_response(await service.cancel(_rt(request), _who(request),
+                                                  request.match_info["id"]))
+
+
+async def parking(request: web.Request) -> web.Response:
+    q = request.query
+    return web.json_response(await service.parking(
+        _rt(request), _who(request), entity=q.get("entity"), flow=q.get("flow"),
+        limit=_int(request, "limit", 100), cursor=q.get("cursor")))
+
+
+async def replay(request: web.Request) -> web.Response:
+    try:
+        body = models.ReplayIn.model_validate(await request.json())
+    except json.JSONDecodeError as exc:
+        return error_response(400, f"body is not JSON: {exc.msg}")
+    except ValidationError as exc:
+        problems = [Problem(".".join(str(p) for p in e["loc"]) or "body", e["msg"])
+                    for e in exc.errors()]
+        return error_response(422, "invalid replay request", problems)
+    ids = [*body.ids, *([body.id] if body.id else [])]
+    return web.json_response(await service.replay(
+        _rt(request), _who(request), ids=ids, entity=body.entity, flow=body.flow,
+        step=body.step, error=body.error, all_parked=body.all, limit=body.limit))
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    checks: dict[str, Any] = {}
+    try:
+        async with rt.db.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+        checks["store"] = "ok"
+    except Exception as exc:
+        checks["store"] = f"down: {type(exc).__name__}"
+    checks["transport"] = "ok" if await rt.transport.ready() else "down"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
+
+
+async def metrics(_request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi_json(_request: web.Request) -> web.Response:
+    return web.json_response(openapi.build())
+
+
+def build_app(runtime: Runtime) -> web.Application:
+    # client_max_size only bounds request.post(); multipart is streamed with its own cap.
+    app = web.Application(middlewares=[errors_and_auth])
+    app[RUNTIME] = runtime
+    app[TOKENS] = TokenCache()
+    app.add_routes([
+        web.post("/api/v1/documents", submit),
+        web.get("/api/v1/documents", list_documents),
+        web.get("/api/v1/documents/{id}", get_document),
+        web.get("/api/v1/documents/{id}/files/{file_id}", get_file),
+        web.get("/api/v1/documents/{id}/journal", get_journal),
+        web.post("/api/v1/documents/{id}/retry", retry),
+        web.post("/api/v1/documents/{id}/cancel", cancel),
+        web.get("/api/v1/parking", parking),
+        web.post("/api/v1/parking/replay", replay),
+        web.get("/api/v1/openapi.json", openapi_json),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/metrics", metrics),
+    ])
+    return app

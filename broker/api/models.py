@@ -1,0 +1,84 @@
+"""API request and response models; the OpenAPI document is generated from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ProblemOut(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: str
+    problems: list[ProblemOut] = []
+
+
+class FileOut(BaseModel):
+    id: str
+    role: str
+    name: str
+    content_type: str
+    size: int
+    sha256: str
+    step: str | None = Field(None, description="step that produced it; null when uploaded")
+
+
+class DocumentOut(BaseModel):
+    id: str
+    flow: str
+    entity: str
+    state: str = Field(description="queued, running, waiting, retrying, then one of "
+                       "completed, rejected, failed, cancelled")
+    step: str | None
+    attempt: int = Field(description="scheduled run of the current step (1-based)")
+    next_due_at: str | None
+    last_error: str | None
+    metadata: dict[str, Any]
+    refs: dict[str, Any]
+    created_at: str
+    updated_at: str
+    files: list[FileOut] | None = None
+    connector: str | None = None
+
+
+class DocumentPage(BaseModel):
+    items: list[DocumentOut]
+    next_cursor: str | None
+
+
+class JournalEntryOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    seq: int
+    at: str
+    kind: str
+    actor: str
+
+
+class ReplayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = None
+    ids: list[str] = []
+    entity: str | None = None
+    flow: str | None = None
+    step: str | None = None
+    error: str | None = Field(None, description="replay those whose last error contains this")
+    all: bool = False
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class ReplayOut(BaseModel):
+    replayed: list[str]
+    count: int
+    remaining: int
+
+
+class SubmitForm(BaseModel):
+    """multipart/form-data: these fields, plus one file part per file, named by its role."""
+
+    flow: str
+    entity: str = Field(description="SIREN of the authority (optional with an entity token)")
+    metadata: str = Field("{}", description="a JSON object")

@@ -1,0 +1,100 @@
+"""OpenAPI 3.1 description of the API, built from the pydantic models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from broker.api import models as m
+
+_MODELS: list[type[BaseModel]] = [m.ErrorOut, m.DocumentOut, m.DocumentPage, m.JournalEntryOut,
+                                  m.ReplayIn, m.ReplayOut, m.SubmitForm]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type[BaseModel] | dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    schema = _ref(model) if isinstance(model, type) else model
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {str(code): _json(m.ErrorOut, text) for code, text in (
+    (401, "missing or unknown token"), (403, "not allowed for this token"),
+    (404, "not found (or not visible to this token)"))}
+
+
+def _param(name: str, where: str = "query", required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required or where == "path",
+            "schema": {"type": "string"}}
+
+
+def build() -> dict[str, Any]:
+    _, defs = models_json_schema([(model, "validation") for model in _MODELS],
+                                 ref_template="#/components/schemas/{model}")
+    doc_id = _param("id", "path")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "demat-broker", "version": "1"},
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/documents": {
+                "post": {
+                    "summary": "Submit a document (multipart: flow, entity, metadata, files)",
+                    "requestBody": {"required": True, "content": {
+                        "multipart/form-data": {"schema": _ref(m.SubmitForm)}}},
+                    "responses": {"201": _json(m.DocumentOut, "accepted"), **_ERRORS,
+                                  "413": _json(m.ErrorOut, "upload too large"),
+                                  "422": _json(m.ErrorOut, "invalid fields, named")},
+                },
+                "get": {
+                    "summary": "List documents, newest first, with cursor paging",
+                    "parameters": [_param(p) for p in ("entity", "flow", "state", "limit",
+                                                       "cursor")],
+                    "responses": {"200": _json(m.DocumentPage), **_ERRORS},
+                },
+            },
+            "/api/v1/documents/{id}": {"get": {
+                "summary": "One document: state, step, attempt, next due time, last error, "
+                           "files, metadata",
+                "parameters": [doc_id], "responses": {"200": _json(m.DocumentOut), **_ERRORS}}},
+            "/api/v1/documents/{id}/files/{file_id}": {"get": {
+                "summary": "Download a file", "parameters": [doc_id, _param("file_id", "path")],
+                "responses": {"200": {"description": "the file's bytes"}, **_ERRORS}}},
+            "/api/v1/documents/{id}/journal": {"get": {
+                "summary": "The document's journal entries", "parameters": [doc_id],
+                "responses": {"200": _json({"type": "array", "items": _ref(m.JournalEntryOut)}),
+                              **_ERRORS}}},
+            "/api/v1/documents/{id}/retry": {"post": {
+                "summary": "Run the current step again now", "parameters": [doc_id],
+                "responses": {"200": _json(m.DocumentOut), **_ERRORS,
+                              "409": _json(m.ErrorOut, "nothing to retry in this state")}}},
+            "/api/v1/documents/{id}/cancel": {"post": {
+                "summary": "Cancel a document that has not ended", "parameters": [doc_id],
+                "responses": {"200": _json(m.DocumentOut), **_ERRORS,
+                              "409": _json(m.ErrorOut, "already ended")}}},
+            "/api/v1/parking": {"get": {
+                "summary": "Failed documents parked with their last error",
+                "parameters": [_param(p) for p in ("entity", "flow", "limit", "cursor")],
+                "responses": {"200": _json(m.DocumentPage), **_ERRORS}}},
+            "/api/v1/parking/replay": {"post": {
+                "summary": "Replay parked documents: one, a filter, or all (bounded batch)",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref(m.ReplayIn)}}},
+                "responses": {"200": _json(m.ReplayOut), **_ERRORS}}},
+            "/healthz": {"get": {"summary": "Process is alive", "security": [],
+                                 "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"summary": "Store and transport answer", "security": [],
+                                "responses": {"200": {"description": "ready"},
+                                              "503": {"description": "not ready"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
+                                 "responses": {"200": {"description": "text format"}}}},
+        },
+    }

@@ -1,0 +1,348 @@
+"""The ``demat`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import click
+
+from broker import journal, logs, registry
+from broker.serve import Roles, run
+from broker.settings import Settings
+from broker.store.db import make_engine
+from broker.store.migrate import upgrade
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+@click.group()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Where the SQLite store and the files live (DEMAT_DATA_DIR, default ./var).")
+@click.pass_context
+def main(ctx: click.Context, data_dir: Path | None) -> None:
+    """demat-broker: routes ACTES, HELIOS, Chorus Pro and depot flows between peers."""
+    overrides: dict[str, Any] = {"data_dir": data_dir} if data_dir else {}
+    settings = Settings(**overrides)
+    logs.configure(settings.log_format, settings.log_level)
+    ctx.obj = settings
+
+
+def _serve_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--port", type=int, default=None, help="API port (DEMAT_PORT).")(fn)
+    return click.option("--host", default=None, help="API address (DEMAT_HOST).")(fn)
+
+
+def _with_listen(settings: Settings, host: str | None, port: int | None) -> Settings:
+    updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    return settings.model_copy(update=updates) if updates else settings
+
+
+@main.command()
+@_serve_options
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """API, relay and workers in one process (embedded queues unless DEMAT_AMQP_URL)."""
+    _run(run(_with_listen(_settings(ctx), host, port), Roles(api=True, relay=True, worker=True)))
+
+
+@main.command()
+@_serve_options
+@click.pass_context
+def api(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """The HTTP API alone (needs DEMAT_AMQP_URL and a shared database)."""
+    _run(run(_with_listen(_settings(ctx), host, port), Roles(api=True)))
+
+
+@main.command()
+@click.option("--connector", "connectors", multiple=True,
+              help="Serve only these connectors' queues (default: all).")
+@click.pass_context
+def worker(ctx: click.Context, connectors: tuple[str, ...]) -> None:
+    """A worker process consuming connector queues."""
+    _run(run(_settings(ctx), Roles(worker=True, connectors=connectors)))
+
+
+@main.command()
+@click.pass_context
+def relay(ctx: click.Context) -> None:
+    """The relay: publishes due jobs, recovers lost ones, parks poison messages."""
+    _run(run(_settings(ctx), Roles(relay=True)))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("peer", type=click.Choice(["gf"]))
+@click.option("--port", type=int, default=0)
+@click.option("--host", default="127.0.0.1")
+@click.pass_context
+def simulate(ctx: click.Context, peer: str, port: int, host: str) -> None:
+    """Run a peer simulator (extra options go to the simulator, e.g. --fault 503:0.2)."""
+    from simulators import gf
+
+    gf.main(["--host", host, "--port", str(port), *ctx.args])
+
+
+@main.command()
+@_serve_options
+@click.option("--documents", type=int, default=3, help="Sample documents to submit.")
+@click.pass_context
+def demo(ctx: click.Context, host: str | None, port: int | None, documents: int) -> None:
+    """Serve with simulators, a sample entity and sample documents; prints KEY=VALUE lines."""
+    from broker.demo import run_demo
+
+    settings = _settings(ctx)
+    if port is None and "DEMAT_PORT" not in os.environ:
+        port = 0
+    _run(run_demo(_with_listen(settings, host, port), documents))
+
+
+@main.group()
+def token() -> None:
+    """API tokens."""
+
+
+@token.command("create")
+@click.option("--entity", help="SIREN: a token that sees and submits for this entity only.")
+@click.option("--operator", is_flag=True, help="A platform operator token (sees all, replays).")
+@click.option("--label", default="")
+@click.pass_context
+def token_create(ctx: click.Context, entity: str | None, operator: bool, label: str) -> None:
+    """Create a token and print it (only its hash is stored)."""
+    if bool(entity) == operator:
+        raise click.UsageError("give exactly one of --entity SIREN or --operator")
+
+    async def go(conn: Any) -> str:
+        role = registry.OPERATOR if operator else registry.ENTITY
+        return await registry.create_token(conn, role, entity, label)
+
+    try:
+        click.echo(_with_store(_settings(ctx), go))
+    except registry.InvalidEntity as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.group()
+def entity() -> None:
+    """Entities (authorities) and their connector endpoints."""
+
+
+@entity.command("add")
+@click.argument("siren")
+@click.option("--name", required=True)
+@click.option("--set", "sets", multiple=True, metavar="CONNECTOR.KEY=VALUE",
+              help="Connector setting, e.g. --set depot.url=http://gf/inbox")
+@click.pass_context
+def entity_add(ctx: click.Context, siren: str, name: str, sets: tuple[str, ...]) -> None:
+    """Add or update an entity."""
+    connectors: dict[str, dict[str, Any]] = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        connector, dot, setting = key.partition(".")
+        if not sep or not dot:
+            raise click.UsageError(f"--set {item!r}: expected CONNECTOR.KEY=VALUE")
+        connectors.setdefault(connector, {})[setting] = value
+
+    async def go(conn: Any) -> None:
+        await registry.upsert_entity(conn, siren, name, connectors)
+
+    try:
+        _with_store(_settings(ctx), go)
+    except registry.InvalidEntity as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"entity {siren} saved")
+
+
+def _with_store(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+    async def go() -> T:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await upgrade(settings.db_url)
+        engine = make_engine(settings.db_url)
+        try:
+            async with engine.begin() as conn:
+                return await fn(conn)
+        finally:
+            await engine.dispose()
+
+    return _run(go())
+
+
+# --- commands that talk to a running API ---------------------------------------------
+
+def _api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--api-url", envvar="DEMAT_API_URL", default="http://127.0.0.1:8080",
+                      show_default=True)(fn)
+    return click.option("--token", envvar="DEMAT_TOKEN", required=True,
+                        help="Bearer token (DEMAT_TOKEN).")(fn)
+
+
+async def _call(api_url: str, token: str, method: str, path: str, **kwargs: Any) -> Any:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        async with http.request(method, api_url.rstrip("/") + path, **kwargs) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status >= 400:
+                problems = "".join(f"\n  {p['field']}: {p['message']}"
+                                   for p in body.get("problems", []))
+                raise click.ClickException(f"{resp.status}: {body.get('error')}{problems}")
+            return body
+
+
+def _echo(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+@main.command()
+@click.argument("flow")
+@click.option("--entity", help="SIREN (optional with an entity token).")
+@click.option("--meta", "metas", multiple=True, metavar="KEY=VALUE",
+              help="Metadata entry; VALUE is JSON when it parses, else a string.")
+@click.option("--role", default="document", show_default=True,
+              help="Part name for FILE arguments given without ROLE=.")
+@click.argument("files", nargs=-1, required=True)
+@_api_options
+def submit(flow: str, entity: str | None, metas: tuple[str, ...], role: str,
+           files: tuple[str, ...], api_url: str, token: str) -> None:
+    """Submit FILE... (or ROLE=FILE...) as a document of FLOW."""
+    metadata: dict[str, Any] = {}
+    for item in metas:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.UsageError(f"--meta {item!r}: expected KEY=VALUE")
+        try:
+            metadata[key] = json.loads(value)
+        except json.JSONDecodeError:
+            metadata[key] = value
+
+    async def go() -> Any:
+        form = aiohttp.FormData()
+        form.add_field("flow", flow)
+        if entity:
+            form.add_field("entity", entity)
+        form.add_field("metadata", json.dumps(metadata))
+        handles = []
+        try:
+            for spec in files:
+                part, sep, path = spec.partition("=")
+                if not sep or not Path(path).exists():
+                    part, path = role, spec
+                fh = open(path, "rb")  # noqa: SIM115 - closed below, after the upload
+                handles.append(fh)
+                form.add_field(part, fh, filename=Path(path).name)
+            return await _call(api_url, token, "POST", "/api/v1/documents", data=form)
+        finally:
+            for fh in handles:
+                fh.close()
+
+    _echo(_run(go()))
+
+
+@main.command()
+@click.argument("document_id")
+@click.option("--journal", "with_journal", is_flag=True, help="Also print the journal.")
+@_api_options
+def status(document_id: str, with_journal: bool, api_url: str, token: str) -> None:
+    """Show a document's state (and journal)."""
+    doc = _run(_call(api_url, token, "GET", f"/api/v1/documents/{document_id}"))
+    if with_journal:
+        doc["journal"] = _run(_call(api_url, token, "GET",
+                                    f"/api/v1/documents/{document_id}/journal"))
+    _echo(doc)
+
+
+@main.group()
+def parking() -> None:
+    """Failed documents parked with their last error."""
+
+
+@parking.command("list")
+@click.option("--entity")
+@click.option("--flow")
+@click.option("--limit", type=int, default=100)
+@_api_options
+def parking_list(entity: str | None, flow: str | None, limit: int, api_url: str,
+                 token: str) -> None:
+    params = {k: v for k, v in (("entity", entity), ("flow", flow)) if v}
+    page = _run(_call(api_url, token, "GET", "/api/v1/parking",
+                      params={**params, "limit": str(limit)}))
+    for item in page["items"]:
+        click.echo(f"{item['id']}  {item['flow']}  {item['entity']}  {item['step']}  "
+                   f"{item['last_error']}")
+    click.echo(f"{len(page['items'])} parked", err=True)
+
+
+@parking.command("replay")
+@click.argument("ids", nargs=-1)
+@click.option("--entity")
+@click.option("--flow")
+@click.option("--step")
+@click.option("--error", help="Replay those whose last error contains this text.")
+@click.option("--all", "all_parked", is_flag=True)
+@click.option("--limit", type=int, default=100, show_default=True)
+@_api_options
+def parking_replay(ids: tuple[str, ...], entity: str | None, flow: str | None,
+                   step: str | None, error: str | None, all_parked: bool, limit: int,
+                   api_url: str, token: str) -> None:
+    """Replay parked documents: by id, by filter, or --all (in batches of --limit)."""
+    body = {"ids": list(ids), "entity": entity, "flow": flow, "step": step, "error": error,
+            "all": all_parked, "limit": limit}
+    _echo(_run(_call(api_url, token, "POST", "/api/v1/parking/replay", json=body)))
+
+
+@main.group("journal")
+def journal_group() -> None:
+    """The hash-chained journal."""
+
+
+@journal_group.command("verify")
+@click.pass_context
+def journal_verify(ctx: click.Context) -> None:
+    """Check the whole chain; name the first altered or missing entry."""
+    settings = _settings(ctx)
+
+    async def go() -> journal.Verdict:
+        engine = make_engine(settings.db_url)
+        try:
+            return await journal.verify(engine)
+        finally:
+            await engine.dispose()
+
+    verdict = _run(go())
+    if verdict.ok:
+        click.echo(f"journal OK: {verdict.checked} entries, chain intact")
+        return
+    click.echo(f"journal BROKEN after {verdict.checked} good entries: {verdict.problem}",
+               err=True)
+    sys.exit(1)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Apply pending migrations."""
+    settings = _settings(ctx)
+    _run(upgrade(settings.db_url))
+    click.echo("database at the latest schema")

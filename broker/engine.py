@@ -1,0 +1,270 @@
+"""The engine: pure functions from (document, what happened) to a transition.
+
+Nothing here does I/O. The worker, the relay and the API feed the engine
+plain values and commit the :class:`Transition` it returns in one transaction,
+which is why every rule about states, retries, polls and parking lives here
+and is tested without a database or a network.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from broker.flows.base import Flow
+from broker.journal import Entry
+from broker.outcomes import (
+    Done,
+    Outcome,
+    Pending,
+    PermanentError,
+    Rejected,
+    StepError,
+    TransientError,
+)
+from broker.retry import AttemptRecord, PollPolicy, RetryPolicy
+
+QUEUED = "queued"
+RUNNING = "running"
+WAITING = "waiting"
+RETRYING = "retrying"
+COMPLETED = "completed"
+REJECTED = "rejected"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+ACTIVE = frozenset({QUEUED, RUNNING, WAITING, RETRYING})
+TERMINAL = frozenset({COMPLETED, REJECTED, FAILED, CANCELLED})
+STATES = ACTIVE | TERMINAL
+
+
+class NotAllowed(Exception):
+    """An operator action that does not apply to the document's state."""
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Doc:
+    """What the engine needs to know of a document."""
+
+    id: str
+    flow: str
+    state: str
+    step: str | None
+    run: int
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Job:
+    """The job whose result is being applied."""
+
+    step: str
+    kind: str
+    run: int
+    polls: int = 0
+    poll_deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class NextJob:
+    step: str
+    connector: str
+    kind: str  # run | retry | poll | replay
+    run: int
+    due_at: float
+    polls: int = 0
+    poll_deadline: float | None = None
+
+
+@dataclass
+class Transition:
+    """Everything one commit writes for one document."""
+
+    state: str
+    step: str | None
+    run: int
+    next_job: NextJob | None = None
+    last_error: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    journal: list[Entry] = field(default_factory=list)
+    # Routing key of the state event to publish, when the state changed.
+    event: str | None = None
+    # The finished job ends parked (visible in parking, replayable).
+    park: bool = False
+
+    @property
+    def next_due_at(self) -> float | None:
+        return self.next_job.due_at if self.next_job else None
+
+
+@dataclass(frozen=True)
+class Policies:
+    retry: RetryPolicy
+    poll: PollPolicy
+
+
+def _policies(flow: Flow, step: str, defaults: Policies) -> Policies:
+    definition = flow.step(step)
+    return Policies(definition.retry or defaults.retry, definition.poll or defaults.poll)
+
+
+def _changed(doc: Doc, transition: Transition) -> Transition:
+    if transition.state != doc.state:
+        transition.event = f"{doc.flow}.{transition.state}"
+        transition.journal.append(Entry("transition", {
+            "from": doc.state, "to": transition.state, "step": transition.step,
+            **({"next_due_at": iso(transition.next_due_at)} if transition.next_due_at else {}),
+            **({"reason": transition.last_error} if transition.last_error else {}),
+        }, doc.id))
+    return transition
+
+
+def _run_job(flow: Flow, step: str, kind: str, run: int, now: float) -> NextJob:
+    return NextJob(step, flow.step(step).connector, kind, run, now)
+
+
+def start(flow: Flow, doc: Doc, now: float, actor: str) -> Transition:
+    """A document accepted at intake: schedule the first step of its plan."""
+    plan = flow.plan(doc.metadata)
+    intake = Entry("intake", {"flow": flow.name, "plan": plan}, doc.id, actor)
+    if not plan:
+        transition = Transition(COMPLETED, None, 0, journal=[intake])
+    else:
+        transition = Transition(QUEUED, plan[0], 1, _run_job(flow, plan[0], "run", 1, now),
+                                journal=[intake])
+    return _changed(doc, transition)
+
+
+def apply(
+    flow: Flow,
+    doc: Doc,
+    job: Job,
+    result: Outcome | StepError,
+    now: float,
+    defaults: Policies,
+    attempts: Sequence[AttemptRecord] = (),
+    rng: random.Random | None = None,
+) -> Transition:
+    """Apply what one run of a step produced."""
+    policies = _policies(flow, job.step, defaults)
+    entries = [
+        Entry("attempt", {"step": job.step, "run": job.run, "try": a.try_number,
+                          "error": a.error, "next_try_at": iso(now + a.next_try_in)}, doc.id)
+        for a in attempts
+    ]
+    last_try = len(attempts) + 1
+    if isinstance(result, Done):
+        entries.append(Entry("attempt", {"step": job.step, "run": job.run, "try": last_try,
+                                         "ok": True, **({"note": result.note} if result.note
+                                                        else {})}, doc.id))
+        transition = _after_done(flow, doc, job, now)
+        transition.metadata = dict(result.metadata)
+    elif isinstance(result, Pending):
+        transition = _after_pending(flow, doc, job, result, now, policies.poll, entries)
+    elif isinstance(result, Rejected):
+        entries.append(Entry("attempt", {"step": job.step, "run": job.run, "try": last_try,
+                                         "rejected": result.reason}, doc.id))
+        transition = Transition(REJECTED, job.step, job.run, last_error=result.reason,
+                                metadata=dict(result.metadata))
+    elif isinstance(result, PermanentError):
+        entries.append(Entry("error", {"step": job.step, "run": job.run, "try": last_try,
+                                       "error": result.message, "permanent": True}, doc.id))
+        transition = Transition(FAILED, job.step, job.run, last_error=result.message, park=True)
+    elif isinstance(result, TransientError):
+        transition = _after_transient(flow, doc, job, result, now, policies.retry, rng, entries,
+                                      last_try)
+    else:  # pragma: no cover - exhaustive over the union
+        raise TypeError(f"unexpected step result {result!r}")
+    transition.journal[:0] = entries
+    return _changed(doc, transition)
+
+
+def _after_done(flow: Flow, doc: Doc, job: Job, now: float) -> Transition:
+    plan = flow.plan(doc.metadata)
+    index = plan.index(job.step) if job.step in plan else len(plan)
+    if index + 1 >= len(plan):
+        return Transition(COMPLETED, job.step, job.run)
+    following = plan[index + 1]
+    return Transition(QUEUED, following, 1, _run_job(flow, following, "run", 1, now))
+
+
+def _after_pending(flow: Flow, doc: Doc, job: Job, result: Pending, now: float,
+                   poll: PollPolicy, entries: list[Entry]) -> Transition:
+    deadline = job.poll_deadline if job.poll_deadline is not None else now + poll.deadline
+    polls = job.polls + 1 if job.kind == "poll" else 0
+    if now >= deadline:
+        reason = (f"no answer from {flow.step(job.step).connector} for step {job.step} "
+                  f"before the deadline ({iso(deadline)})")
+        entries.append(Entry("error", {"step": job.step, "error": reason, "deadline": True},
+                             doc.id))
+        return Transition(FAILED, job.step, job.run, last_error=reason, park=True)
+    due = min(now + poll.interval(polls, result.poll_after), deadline)
+    entries.append(Entry("poll", {"step": job.step, "poll": polls + 1,
+                                  "next_poll_at": iso(due),
+                                  **({"note": result.note} if result.note else {})}, doc.id))
+    # A poll keeps the run number: it never spends the retry budget.
+    nxt = NextJob(job.step, flow.step(job.step).connector, "poll", job.run, due, polls + 1,
+                  deadline)
+    return Transition(WAITING, job.step, job.run, nxt)
+
+
+def _after_transient(flow: Flow, doc: Doc, job: Job, error: TransientError, now: float,
+                     retry: RetryPolicy, rng: random.Random | None, entries: list[Entry],
+                     last_try: int) -> Transition:
+    if job.run >= retry.max_runs:
+        reason = f"gave up after {job.run} runs: {error.message}"
+        entries.append(Entry("error", {"step": job.step, "run": job.run, "try": last_try,
+                                       "error": error.message, "parked": True}, doc.id))
+        return Transition(FAILED, job.step, job.run, last_error=reason, park=True)
+    run = job.run + 1
+    due = now + retry.delay_before_run(run, rng, error.retry_after)
+    entries.append(Entry("attempt", {"step": job.step, "run": job.run, "try": last_try,
+                                     "error": error.message, "next_due_at": iso(due),
+                                     "next_run": run}, doc.id))
+    # A poll that hit a transient error goes on polling after the retry.
+    nxt = NextJob(job.step, flow.step(job.step).connector, "retry", run, due, job.polls,
+                  job.poll_deadline)
+    return Transition(RETRYING, job.step, run, nxt, last_error=error.message)
+
+
+def retry(flow: Flow, doc: Doc, now: float, actor: str, reason: str = "retry") -> Transition:
+    """An operator asks to run the document's current step again now.
+
+    A failed document starts its step over with a fresh retry budget; one
+    waiting for a retry or a poll is brought forward.
+    """
+    if doc.state in (COMPLETED, REJECTED, CANCELLED):
+        raise NotAllowed(f"document {doc.id} is {doc.state}; nothing to retry")
+    if doc.state == RUNNING:
+        raise NotAllowed(f"document {doc.id} is running; wait for the attempt to end")
+    step = doc.step or flow.plan(doc.metadata)[0]
+    run = 1 if doc.state == FAILED else doc.run
+    transition = Transition(QUEUED, step, run, _run_job(flow, step, "replay", run, now),
+                            journal=[Entry("operator", {"action": reason, "step": step}, doc.id,
+                                           actor)])
+    return _changed(doc, transition)
+
+
+def cancel(doc: Doc, now: float, actor: str) -> Transition:
+    if doc.state in TERMINAL:
+        raise NotAllowed(f"document {doc.id} is already {doc.state}")
+    transition = Transition(CANCELLED, doc.step, doc.run, journal=[
+        Entry("operator", {"action": "cancel", "step": doc.step}, doc.id, actor)])
+    return _changed(doc, transition)
+
+
+def poisoned(doc: Doc, job: Job, deliveries: int | None) -> Transition:
+    """The transport parked the job's message: workers kept dying on it."""
+    count = f" {deliveries} times" if deliveries else ""
+    reason = f"step {job.step} crashed its worker{count}; parked by the delivery limit"
+    transition = Transition(FAILED, job.step, job.run, last_error=reason, park=True, journal=[
+        Entry("error", {"step": job.step, "run": job.run, "error": reason, "parked": True},
+              doc.id)])
+    return _changed(doc, transition)

@@ -1,0 +1,93 @@
+"""What a flow declares: its files, its metadata, its steps and their order."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from broker.retry import PollPolicy, RetryPolicy
+
+
+@dataclass(frozen=True)
+class FileRule:
+    """How many parts of one role a submission may carry."""
+
+    min: int = 0
+    max: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    connector: str
+    # None: the platform's default policies (settings).
+    retry: RetryPolicy | None = None
+    poll: PollPolicy | None = None
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """What a flow validator sees of an uploaded file."""
+
+    role: str
+    name: str
+    size: int
+    head: bytes  # first bytes, to recognise the type by content
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a submission, and where."""
+
+    field: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Flow:
+    name: str
+    description: str
+    files: Mapping[str, FileRule]
+    metadata_model: type[BaseModel]
+    steps: Sequence[Step]
+    max_upload: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(f"flow {self.name} has no step {name!r}")
+
+    def plan(self, metadata: Mapping[str, Any]) -> list[str]:
+        """The steps this document goes through, in order (all of them by default)."""
+        return [step.name for step in self.steps]
+
+    def check(self, metadata: BaseModel, files: Sequence[UploadedFile]) -> list[Problem]:
+        """Checks beyond the metadata model: file counts by role, then flow rules."""
+        problems: list[Problem] = []
+        for role in sorted({f.role for f in files} - set(self.files)):
+            allowed = ", ".join(sorted(self.files))
+            problems.append(Problem(f"files.{role}",
+                                    f"unknown file part {role!r} for flow {self.name} "
+                                    f"(expected: {allowed})"))
+        for role, rule in self.files.items():
+            count = sum(1 for f in files if f.role == role)
+            if count < rule.min:
+                problems.append(Problem(f"files.{role}", f"flow {self.name} needs at least "
+                                        f"{rule.min} file part(s) named {role!r}, got {count}"))
+            if rule.max is not None and count > rule.max:
+                problems.append(Problem(f"files.{role}", f"flow {self.name} takes at most "
+                                        f"{rule.max} file part(s) named {role!r}, got {count}"))
+        for f in files:
+            if f.size == 0:
+                problems.append(Problem(f"files.{f.role}", f"file {f.name!r} is empty"))
+        return problems + self.check_content(metadata, files)
+
+    def check_content(self, metadata: BaseModel, files: Sequence[UploadedFile]) -> list[Problem]:
+        """Flow-specific rules; flows override this."""
+        return []

@@ -1,0 +1,113 @@
+"""Append-only, hash-chained audit log of every transition, attempt, poll, error
+and operator action.
+
+Each entry's hash covers its fields and the previous entry's hash, and ``seq``
+has no gaps, so an altered, inserted or removed entry breaks the chain at the
+first place it touches. ``verify`` walks the chain and names that place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from broker.store.db import lock_journal
+from broker.store.schema import journal
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A journal entry before it gets its place in the chain."""
+
+    kind: str  # intake | transition | attempt | poll | error | operator | recovery
+    data: dict[str, Any]
+    document_id: str | None = None
+    actor: str = "system"
+
+
+def canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+
+
+def entry_hash(seq: int, at: float, document_id: str | None, kind: str, actor: str,
+               data: dict[str, Any], prev_hash: str) -> str:
+    material = canonical([seq, repr(float(at)), document_id, kind, actor, data, prev_hash])
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+async def append(conn: AsyncConnection, entries: Sequence[Entry], now: float) -> None:
+    """Chain ``entries`` after the last one, inside the caller's transaction."""
+    if not entries:
+        return
+    await lock_journal(conn)
+    last = (await conn.execute(
+        sa.select(journal.c.seq, journal.c.hash).order_by(journal.c.seq.desc()).limit(1)
+    )).first()
+    seq, prev = (last.seq, last.hash) if last else (0, GENESIS)
+    rows = []
+    for entry in entries:
+        seq += 1
+        digest = entry_hash(seq, now, entry.document_id, entry.kind, entry.actor, entry.data, prev)
+        rows.append({"seq": seq, "at": now, "document_id": entry.document_id, "kind": entry.kind,
+                     "actor": entry.actor, "data": entry.data, "prev_hash": prev, "hash": digest})
+        prev = digest
+    await conn.execute(journal.insert(), rows)
+
+
+async def for_document(conn: AsyncConnection, document_id: str) -> list[dict[str, Any]]:
+    result = await conn.execute(
+        sa.select(journal).where(journal.c.document_id == document_id).order_by(journal.c.seq)
+    )
+    return [dict(row._mapping) for row in result]
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    checked: int
+    problem: str | None = None
+    seq: int | None = None
+    details: list[str] = field(default_factory=list)
+
+
+async def _rows(engine: AsyncEngine, batch: int = 2000) -> AsyncIterator[Any]:
+    after = 0
+    while True:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(
+                sa.select(journal).where(journal.c.seq > after).order_by(journal.c.seq).limit(batch)
+            )).all()
+        if not rows:
+            return
+        for row in rows:
+            yield row
+        after = rows[-1].seq
+
+
+async def verify(engine: AsyncEngine) -> Verdict:
+    """Walk the whole chain; report the first altered or missing entry."""
+    expected_seq, prev, checked = 1, GENESIS, 0
+    async for row in _rows(engine):
+        if row.seq != expected_seq:
+            return Verdict(False, checked, f"entry {expected_seq} is missing "
+                           f"(next entry found is {row.seq})", expected_seq)
+        if row.prev_hash != prev:
+            return Verdict(False, checked, f"entry {row.seq} does not follow entry "
+                           f"{row.seq - 1} (previous hash differs): an entry was altered "
+                           "or replaced", row.seq)
+        digest = entry_hash(row.seq, row.at, row.document_id, row.kind, row.actor, row.data,
+                            row.prev_hash)
+        if digest != row.hash:
+            return Verdict(False, checked, f"entry {row.seq} was altered (its content no longer "
+                           "matches its hash)", row.seq)
+        prev, expected_seq, checked = row.hash, expected_seq + 1, checked + 1
+    return Verdict(True, checked)

@@ -1,0 +1,105 @@
+"""Entities (authorities) and API tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from broker.ids import new_id, siren_problem
+from broker.store.schema import entities, tokens
+
+OPERATOR = "operator"
+ENTITY = "entity"
+
+
+class InvalidEntity(ValueError):
+    pass
+
+
+def validate_siren(siren: str) -> str:
+    problem = siren_problem(siren)
+    if problem:
+        raise InvalidEntity(problem)
+    return siren
+
+
+async def upsert_entity(conn: AsyncConnection, siren: str, name: str,
+                        connectors: Mapping[str, Any], now: float | None = None) -> None:
+    validate_siren(siren)
+    row = (await conn.execute(sa.select(entities.c.siren).where(entities.c.siren == siren))).first()
+    if row:
+        await conn.execute(entities.update().where(entities.c.siren == siren).values(
+            name=name, connectors=dict(connectors)))
+    else:
+        await conn.execute(entities.insert().values(
+            siren=siren, name=name, connectors=dict(connectors), created_at=now or time.time()))
+
+
+async def get_entity(conn: AsyncConnection, siren: str) -> Any | None:
+    return (await conn.execute(sa.select(entities).where(entities.c.siren == siren))).first()
+
+
+async def sync_from_config(conn: AsyncConnection, declared: Mapping[str, Any]) -> int:
+    """Upsert the entities a TOML config declares (``[entities.<SIREN>]``)."""
+    for siren, table in declared.items():
+        if not isinstance(table, dict):
+            raise InvalidEntity(f"[entities.{siren}] must be a table")
+        await upsert_entity(conn, str(siren), str(table.get("name", siren)),
+                            table.get("connectors", {}))
+    return len(declared)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an operator (sees all) or one entity's software."""
+
+    token_id: str
+    role: str
+    entity: str | None
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == OPERATOR
+
+    def may_see(self, entity: str) -> bool:
+        return self.is_operator or self.entity == entity
+
+    @property
+    def actor(self) -> str:
+        return f"{self.role}:{self.token_id}"
+
+
+async def create_token(conn: AsyncConnection, role: str, entity: str | None = None,
+                       label: str = "") -> str:
+    """Create a token and return it; only its hash is stored."""
+    if role not in (OPERATOR, ENTITY):
+        raise ValueError(f"unknown role {role!r}")
+    if role == ENTITY:
+        if entity is None or await get_entity(conn, entity) is None:
+            raise InvalidEntity(f"unknown entity {entity!r}: add it first (demat entity add)")
+    token = f"dmt_{secrets.token_urlsafe(32)}"
+    await conn.execute(tokens.insert().values(
+        id=new_id(), token_hash=hash_token(token), role=role,
+        entity=entity if role == ENTITY else None, label=label, created_at=time.time()))
+    return token
+
+
+async def authenticate(conn: AsyncConnection, token: str) -> Principal | None:
+    row = (await conn.execute(sa.select(tokens).where(
+        tokens.c.token_hash == hash_token(token), tokens.c.revoked_at.is_(None)))).first()
+    return Principal(row.id, row.role, row.entity) if row else None
+
+
+async def has_tokens(conn: AsyncConnection) -> bool:
+    return (await conn.execute(sa.select(tokens.c.id).limit(1))).first() is not None

@@ -1,0 +1,84 @@
+"""The pieces a process runs with, opened and closed together."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from broker import registry
+from broker.blobs import BlobStore
+from broker.engine import Policies
+from broker.flows import FLOWS, Flow
+from broker.settings import Settings
+from broker.store.db import make_engine
+from broker.store.migrate import upgrade
+from broker.transport import make_transport
+from broker.transport.base import Transport
+from connectors.base import Connector
+
+
+class Notifier:
+    """Wakes the in-process relay when new work was committed."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            pass
+        self._event.clear()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: AsyncEngine
+    blobs: BlobStore
+    transport: Transport
+    connectors: Mapping[str, Connector]
+    flows: Mapping[str, Flow] = field(default_factory=lambda: dict(FLOWS))
+    notifier: Notifier = field(default_factory=Notifier)
+
+    @property
+    def policies(self) -> Policies:
+        return Policies(self.settings.retry_policy, self.settings.poll_policy)
+
+    @property
+    def embedded(self) -> bool:
+        return self.transport.name == "embedded"
+
+    @classmethod
+    async def open(cls, settings: Settings, connectors: Mapping[str, Connector],
+                   *, migrate: bool = True) -> Runtime:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        blobs = BlobStore(settings.blob_dir, settings.tmp_dir)
+        blobs.ensure()
+        if migrate:
+            await upgrade(settings.db_url)
+        db = make_engine(settings.db_url)
+        declared = settings.entities_file()
+        if declared:
+            async with db.begin() as conn:
+                await registry.sync_from_config(conn, declared)
+        transport = make_transport(settings.amqp_url, delivery_limit=settings.delivery_limit)
+        await transport.start()
+        for name in connectors:
+            await transport.declare(transport.work_queue(name))
+        return cls(settings, db, blobs, transport, connectors)
+
+    async def close(self) -> None:
+        await self.transport.close()
+        await self.db.dispose()
+
+
+def now() -> float:
+    return time.time()

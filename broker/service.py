@@ -1,0 +1,309 @@
+"""Use cases behind the API and the CLI: intake, queries, operator actions.
+
+Intake is all-or-nothing: files are staged in tmp/, everything is checked,
+and only then are blobs committed and the document, its first job, its journal
+entry and its event written in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from broker import engine as eng
+from broker import journal, registry
+from broker.blobs import Staged
+from broker.flows import Problem, UploadedFile
+from broker.ids import new_id, siren_problem
+from broker.metrics import DOCUMENTS_SUBMITTED
+from broker.registry import Principal
+from broker.runtime import Runtime, now
+from broker.store import documents as docs
+from broker.store.documents import StoredFile
+from broker.store.schema import documents, jobs
+
+MAX_PAGE = 500
+MAX_REPLAY_BATCH = 1000
+
+
+class ServiceError(Exception):
+    """A refusal with an HTTP-like status and the problems that caused it."""
+
+    def __init__(self, status: int, message: str, problems: Sequence[Problem] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.problems = list(problems)
+
+
+def not_found(what: str) -> ServiceError:
+    return ServiceError(404, f"{what} not found")
+
+
+@dataclass(frozen=True)
+class StagedPart:
+    role: str
+    name: str
+    content_type: str
+    staged: Staged
+
+
+def _metadata_problems(raw: str | None) -> tuple[dict[str, Any] | None, list[Problem]]:
+    if raw is None:
+        return {}, []
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return None, [Problem("metadata", f"metadata is not valid JSON: {exc.msg} at line "
+                              f"{exc.lineno} column {exc.colno}")]
+    if not isinstance(value, dict):
+        return None, [Problem("metadata", "metadata must be a JSON object")]
+    return value, []
+
+
+async def submit(rt: Runtime, who: Principal, flow_name: str | None, entity: str | None,
+                 raw_metadata: str | None, parts: Sequence[StagedPart]) -> dict[str, Any]:
+    """Accept a document or raise ServiceError; staged parts are consumed either way."""
+    try:
+        return await _submit(rt, who, flow_name, entity, raw_metadata, parts)
+    except BaseException:
+        for part in parts:
+            rt.blobs.discard(part.staged)
+        raise
+
+
+async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: str | None,
+                  raw_metadata: str | None, parts: Sequence[StagedPart]) -> dict[str, Any]:
+    problems: list[Problem] = []
+    flow = rt.flows.get(flow_name or "")
+    if not flow_name:
+        problems.append(Problem("flow", "flow is required (one of: "
+                                f"{', '.join(sorted(rt.flows))})"))
+    elif flow is None:
+        problems.append(Problem("flow", f"unknown flow {flow_name!r} (one of: "
+                                f"{', '.join(sorted(rt.flows))})"))
+    if not entity:
+        if who.entity:
+            entity = who.entity
+        else:
+            problems.append(Problem("entity", "entity (SIREN) is required"))
+    if entity and not who.may_see(entity):
+        raise ServiceError(403, f"this token may not submit for entity {entity}")
+    if entity:
+        bad = siren_problem(entity)
+        if bad:
+            problems.append(Problem("entity", bad))
+        else:
+            async with rt.db.connect() as conn:
+                if await registry.get_entity(conn, entity) is None:
+                    problems.append(Problem("entity", f"unknown entity {entity}"))
+    metadata, meta_problems = _metadata_problems(raw_metadata)
+    problems += meta_problems
+    if flow is not None:
+        total = sum(p.staged.size for p in parts)
+        cap = flow.max_upload or rt.settings.max_upload
+        if total > cap:
+            raise ServiceError(413, f"upload of {total} bytes exceeds the {cap} bytes allowed "
+                               f"for flow {flow.name}")
+        if metadata is not None:
+            try:
+                model = flow.metadata_model.model_validate(metadata)
+            except ValidationError as exc:
+                problems += [Problem("metadata." + ".".join(str(p) for p in err["loc"]),
+                                     err["msg"]) for err in exc.errors()]
+            else:
+                uploads = [UploadedFile(p.role, p.name, p.staged.size, p.staged.head)
+                           for p in parts]
+                problems += flow.check(model, uploads)
+    if problems:
+        raise ServiceError(422, "; ".join(f"{p.field}: {p.message}" for p in problems), problems)
+    assert flow is not None and entity is not None and metadata is not None
+    # Blobs first: a crash before the commit leaves unreferenced blobs only.
+    for part in parts:
+        await rt.blobs.commit(part.staged)
+    t = now()
+    doc = eng.Doc(new_id(), flow.name, eng.QUEUED, None, 0, metadata)
+    transition = eng.start(flow, doc, t, who.actor)
+    async with rt.db.begin() as conn:
+        await docs.insert_document(conn, doc, entity, t)
+        await docs.insert_files(conn, doc.id, [
+            StoredFile(p.role, p.name, p.content_type, p.staged.size, p.staged.sha256)
+            for p in parts], t)
+        await docs.write_transition(conn, doc, entity, transition, t)
+    DOCUMENTS_SUBMITTED.labels(flow.name).inc()
+    rt.notifier.notify()
+    return await get_document(rt, who, doc.id)
+
+
+def _file_view(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "role": row.role, "name": row.name, "content_type": row.content_type,
+            "size": row.size, "sha256": row.sha256, "step": row.step}
+
+
+def _doc_view(row: Any, file_rows: Sequence[Any] | None = None) -> dict[str, Any]:
+    view = {
+        "id": row.id, "flow": row.flow, "entity": row.entity, "state": row.state,
+        "step": row.step, "attempt": row.run,
+        "next_due_at": eng.iso(row.next_due_at) if row.next_due_at else None,
+        "last_error": row.last_error, "metadata": row.metadata, "refs": row.refs,
+        "created_at": eng.iso(row.created_at), "updated_at": eng.iso(row.updated_at),
+    }
+    if file_rows is not None:
+        view["files"] = [_file_view(f) for f in file_rows]
+    return view
+
+
+async def _visible(rt: Runtime, who: Principal, document_id: str) -> Any:
+    async with rt.db.connect() as conn:
+        row = await docs.get_document(conn, document_id)
+    # Another entity's document is "not found": no existence leak.
+    if row is None or not who.may_see(row.entity):
+        raise not_found(f"document {document_id}")
+    return row
+
+
+async def get_document(rt: Runtime, who: Principal, document_id: str) -> dict[str, Any]:
+    row = await _visible(rt, who, document_id)
+    async with rt.db.connect() as conn:
+        file_rows = await docs.get_files(conn, document_id)
+    return _doc_view(row, file_rows)
+
+
+async def list_documents(rt: Runtime, who: Principal, *, entity: str | None = None,
+                         flow: str | None = None, state: str | None = None, limit: int = 100,
+                         cursor: str | None = None) -> dict[str, Any]:
+    """Newest first; ``next_cursor`` continues after the last item."""
+    if state and state not in eng.STATES:
+        raise ServiceError(422, f"unknown state {state!r}",
+                           [Problem("state", f"one of {', '.join(sorted(eng.STATES))}")])
+    if not 1 <= limit <= MAX_PAGE:
+        raise ServiceError(422, f"limit must be between 1 and {MAX_PAGE}",
+                           [Problem("limit", f"between 1 and {MAX_PAGE}")])
+    if not who.is_operator:
+        if entity and entity != who.entity:
+            raise ServiceError(403, f"this token may not list entity {entity}")
+        entity = who.entity
+    query = sa.select(documents).order_by(documents.c.id.desc()).limit(limit + 1)
+    for column, value in ((documents.c.entity, entity), (documents.c.flow, flow),
+                          (documents.c.state, state)):
+        if value:
+            query = query.where(column == value)
+    if cursor:
+        query = query.where(documents.c.id < cursor)
+    async with rt.db.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    page = rows[:limit]
+    return {"items": [_doc_view(r) for r in page],
+            "next_cursor": page[-1].id if len(rows) > limit else None}
+
+
+async def file_of(rt: Runtime, who: Principal, document_id: str, file_id: str) -> Any:
+    await _visible(rt, who, document_id)
+    async with rt.db.connect() as conn:
+        for row in await docs.get_files(conn, document_id):
+            if row.id == file_id:
+                return row
+    raise not_found(f"file {file_id} of document {document_id}")
+
+
+async def journal_of(rt: Runtime, who: Principal, document_id: str) -> list[dict[str, Any]]:
+    await _visible(rt, who, document_id)
+    async with rt.db.connect() as conn:
+        rows = await journal.for_document(conn, document_id)
+    return [{"seq": r["seq"], "at": eng.iso(r["at"]), "kind": r["kind"], "actor": r["actor"],
+             **r["data"]} for r in rows]
+
+
+async def _operate(rt: Runtime, who: Principal, document_id: str, action: str) -> dict[str, Any]:
+    await _visible(rt, who, document_id)
+    t = now()
+    async with rt.db.begin() as conn:
+        row = await docs.lock_document(conn, document_id)
+        assert row is not None
+        doc = docs.doc_of(row)
+        try:
+            if action == "cancel":
+                transition = eng.cancel(doc, t, who.actor)
+            else:
+                transition = eng.retry(rt.flows[doc.flow], doc, t, who.actor, action)
+        except eng.NotAllowed as exc:
+            raise ServiceError(409, str(exc)) from exc
+        await docs.cancel_open_jobs(conn, document_id, t, f"superseded by {action}")
+        await docs.write_transition(conn, doc, row.entity, transition, t)
+    rt.notifier.notify()
+    return await get_document(rt, who, document_id)
+
+
+async def retry(rt: Runtime, who: Principal, document_id: str) -> dict[str, Any]:
+    return await _operate(rt, who, document_id, "retry")
+
+
+async def cancel(rt: Runtime, who: Principal, document_id: str) -> dict[str, Any]:
+    return await _operate(rt, who, document_id, "cancel")
+
+
+def _parked_query(entity: str | None, flow: str | None, step: str | None,
+                  error: str | None) -> sa.Select[Any]:
+    query = sa.select(documents).where(documents.c.state == eng.FAILED)
+    for column, value in ((documents.c.entity, entity), (documents.c.flow, flow),
+                          (documents.c.step, step)):
+        if value:
+            query = query.where(column == value)
+    if error:
+        query = query.where(documents.c.last_error.contains(error, autoescape=True))
+    return query
+
+
+async def parking(rt: Runtime, who: Principal, *, entity: str | None = None,
+                  flow: str | None = None, limit: int = 100,
+                  cursor: str | None = None) -> dict[str, Any]:
+    """Failed documents, each parked with its last error; replayable."""
+    if not who.is_operator:
+        entity = who.entity
+    query = _parked_query(entity, flow, None, None).order_by(documents.c.id.desc())
+    if cursor:
+        query = query.where(documents.c.id < cursor)
+    async with rt.db.connect() as conn:
+        rows = (await conn.execute(query.limit(min(limit, MAX_PAGE) + 1))).all()
+        page = rows[:limit]
+        connectors = dict((await conn.execute(
+            sa.select(jobs.c.document_id, jobs.c.connector).where(
+                jobs.c.document_id.in_([r.id for r in page]), jobs.c.state == "parked"))).all())
+    items = [{**_doc_view(r), "connector": connectors.get(r.id)} for r in page]
+    return {"items": items, "next_cursor": page[-1].id if len(rows) > limit else None}
+
+
+async def replay(rt: Runtime, who: Principal, *, ids: Sequence[str] = (),
+                 entity: str | None = None, flow: str | None = None, step: str | None = None,
+                 error: str | None = None, all_parked: bool = False,
+                 limit: int = 100) -> dict[str, Any]:
+    """Replay parked documents: by id, by filter, or all, at most ``limit`` at a time."""
+    if not who.is_operator:
+        raise ServiceError(403, "only operators may replay parked documents")
+    if not 1 <= limit <= MAX_REPLAY_BATCH:
+        raise ServiceError(422, f"limit must be between 1 and {MAX_REPLAY_BATCH}",
+                           [Problem("limit", f"between 1 and {MAX_REPLAY_BATCH}")])
+    filtered = any((entity, flow, step, error))
+    if not ids and not filtered and not all_parked:
+        raise ServiceError(422, "say what to replay: ids, a filter (entity, flow, step, error) "
+                           "or all=true", [Problem("body", "nothing selected")])
+    query = _parked_query(entity, flow, step, error).order_by(documents.c.id)
+    if ids:
+        query = query.where(documents.c.id.in_(list(ids)))
+    async with rt.db.connect() as conn:
+        chosen = [r.id for r in (await conn.execute(query.limit(limit))).all()]
+        remaining = (await conn.execute(sa.select(sa.func.count()).select_from(
+            query.subquery()))).scalar_one() - len(chosen)
+    replayed = []
+    for document_id in chosen:
+        try:
+            await _operate(rt, who, document_id, "replay")
+            replayed.append(document_id)
+        except ServiceError:
+            continue  # changed state meanwhile
+    return {"replayed": replayed, "count": len(replayed), "remaining": max(0, remaining)}

@@ -1,0 +1,96 @@
+"""Settings from ``DEMAT_*`` environment variables, plus the entities TOML file."""
+
+from __future__ import annotations
+
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from broker.retry import PollPolicy, RetryPolicy, parse_duration, parse_ladder
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DEMAT_", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    # Default: SQLite file in data_dir. PostgreSQL: postgresql+asyncpg://user@host/db
+    database_url: str | None = None
+    # Unset: embedded transport (no server needed). Else e.g. amqp://guest:guest@127.0.0.1/
+    amqp_url: str | None = None
+    # TOML file declaring entities and their connector endpoints.
+    config: Path | None = None
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    retry_ladder: str = "10s,1m,5m,30m,1h,3h"
+    retry_in_call: int = 3
+    retry_jitter: float = 0.2
+    poll_first: str = "2s"
+    poll_max: str = "10m"
+    # A worker crashing this many times on one message parks it.
+    delivery_limit: int = 5
+    # How long a claimed job may run before another worker may take it.
+    lease: str = "5m"
+    step_timeout: str = "2m"
+    # A worker whose heartbeat is older than this is presumed dead.
+    worker_stale: str = "10s"
+    worker_prefetch: int = 16
+    relay_interval: str = "250ms"
+    relay_batch: int = 500
+    # Uploads larger than this are refused (flows may set a lower cap).
+    max_upload: int = 150 * 1024 * 1024
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    log_level: str = "info"
+
+    @field_validator("retry_ladder")
+    @classmethod
+    def _ladder(cls, value: str) -> str:
+        parse_ladder(value)
+        return value
+
+    @cached_property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'demat.db').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            in_call_attempts=max(1, self.retry_in_call),
+            ladder=parse_ladder(self.retry_ladder),
+            jitter=self.retry_jitter,
+        )
+
+    @cached_property
+    def poll_policy(self) -> PollPolicy:
+        return PollPolicy(first=parse_duration(self.poll_first),
+                          max_interval=parse_duration(self.poll_max))
+
+    def seconds(self, name: str) -> float:
+        """A duration setting in seconds, e.g. ``seconds("lease")``."""
+        return parse_duration(str(getattr(self, name)))
+
+    def entities_file(self) -> dict[str, Any]:
+        """The ``[entities.<SIREN>]`` tables of the TOML config, or {}."""
+        if not self.config:
+            return {}
+        with self.config.open("rb") as fh:
+            data = tomllib.load(fh)
+        entities = data.get("entities", {})
+        if not isinstance(entities, dict):
+            raise ValueError(f"{self.config}: [entities] must be a table")
+        return entities

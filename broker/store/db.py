@@ -1,0 +1,55 @@
+"""Database engine: SQLite (aiosqlite) by default, PostgreSQL (asyncpg) for several machines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+# Serialises journal appends across processes on PostgreSQL (seq must stay gap-free).
+JOURNAL_LOCK_KEY = 0x44454D4154
+
+
+def is_sqlite(engine: AsyncEngine | AsyncConnection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        # One connection: SQLite has one writer anyway, and a single pool slot
+        # turns lock contention into an orderly asyncio queue.
+        engine = create_async_engine(
+            url, pool_size=1, max_overflow=0, pool_timeout=120,
+            connect_args={"timeout": 30},
+        )
+        _sqlite_pragmas(engine)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        # Manage transactions ourselves so BEGIN IMMEDIATE takes the write lock
+        # up front: no deadlock between a reader upgrading and another writer.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+async def lock_journal(conn: AsyncConnection) -> None:
+    """Take the journal append lock for the rest of the transaction."""
+    if not is_sqlite(conn):
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": JOURNAL_LOCK_KEY})

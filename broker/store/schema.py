@@ -1,0 +1,133 @@
+"""Tables. Times are UNIX seconds (float) so SQLite and PostgreSQL compare alike."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+metadata = sa.MetaData()
+
+JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+TIME = sa.Double()
+
+entities = sa.Table(
+    "entities",
+    metadata,
+    sa.Column("siren", sa.String(9), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    # {connector name: {setting: value}}: endpoints and credentials.
+    sa.Column("connectors", JSON, nullable=False),
+    sa.Column("created_at", TIME, nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),  # "entity" | "operator"
+    sa.Column("entity", sa.String(9), nullable=True),
+    sa.Column("label", sa.String(255), nullable=False, server_default=""),
+    sa.Column("created_at", TIME, nullable=False),
+    sa.Column("revoked_at", TIME, nullable=True),
+)
+
+documents = sa.Table(
+    "documents",
+    metadata,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("flow", sa.String(32), nullable=False),
+    sa.Column("entity", sa.String(9), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("step", sa.String(32), nullable=True),
+    # Scheduled run of the current step (1-based).
+    sa.Column("run", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_due_at", TIME, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("metadata", JSON, nullable=False),
+    # Remote references (transaction ids...) recorded as soon as a peer gives them.
+    sa.Column("refs", JSON, nullable=False),
+    sa.Column("created_at", TIME, nullable=False),
+    sa.Column("updated_at", TIME, nullable=False),
+    sa.Index("ix_documents_entity_flow_state", "entity", "flow", "state", "id"),
+    sa.Index("ix_documents_state", "state", "id"),
+)
+
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("document_id", sa.String(26), sa.ForeignKey("documents.id"), nullable=False),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("content_type", sa.String(127), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    # The step that produced it; None for uploaded files.
+    sa.Column("step", sa.String(32), nullable=True),
+    sa.Column("created_at", TIME, nullable=False),
+    sa.Index("ix_files_document", "document_id"),
+)
+
+# One row per scheduled execution of a step; the job table is also the outbox
+# the relay publishes from.
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("document_id", sa.String(26), sa.ForeignKey("documents.id"), nullable=False),
+    sa.Column("connector", sa.String(32), nullable=False),
+    sa.Column("step", sa.String(32), nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),  # run | retry | poll | replay
+    sa.Column("run", sa.Integer, nullable=False),
+    sa.Column("polls", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("poll_deadline", TIME, nullable=True),
+    # scheduled -> published -> running -> done | parked | cancelled
+    sa.Column("state", sa.String(12), nullable=False),
+    sa.Column("due_at", TIME, nullable=False),
+    sa.Column("published_at", TIME, nullable=True),
+    sa.Column("worker_id", sa.String(64), nullable=True),
+    sa.Column("claim_token", sa.String(26), nullable=True),
+    sa.Column("lease_until", TIME, nullable=True),
+    sa.Column("finished_at", TIME, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("created_at", TIME, nullable=False),
+    sa.Index("ix_jobs_state_due", "state", "due_at"),
+    sa.Index("ix_jobs_document", "document_id"),
+)
+
+# State events waiting for the relay to publish them on the events exchange.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("routing_key", sa.String(128), nullable=False),
+    sa.Column("payload", JSON, nullable=False),
+    sa.Column("created_at", TIME, nullable=False),
+)
+
+# Append-only, hash-chained audit log; seq has no gaps.
+journal = sa.Table(
+    "journal",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("at", TIME, nullable=False),
+    sa.Column("document_id", sa.String(26), nullable=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("data", JSON, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index("ix_journal_document", "document_id", "seq"),
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("connectors", JSON, nullable=False),
+    sa.Column("started_at", TIME, nullable=False),
+    sa.Column("seen_at", TIME, nullable=False),
+)
