@@ -15,9 +15,9 @@ import click
 
 from broker import journal, logs, registry
 from broker.serve import Roles, run
+from broker.runtime import prepare_store
 from broker.settings import Settings
 from broker.store.db import make_engine
-from broker.store.migrate import upgrade
 
 T = TypeVar("T")
 
@@ -174,9 +174,7 @@ def entity_add(ctx: click.Context, siren: str, name: str, sets: tuple[str, ...])
 
 def _with_store(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     async def go() -> T:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        await upgrade(settings.db_url)
-        engine = make_engine(settings.db_url)
+        engine = await prepare_store(settings)
         try:
             async with engine.begin() as conn:
                 return await fn(conn)
@@ -343,6 +341,8 @@ def db() -> None:
 @click.pass_context
 def db_upgrade(ctx: click.Context) -> None:
     """Apply pending migrations."""
-    settings = _settings(ctx)
-    _run(upgrade(settings.db_url))
+    async def nothing(_conn: Any) -> None:
+        return None
+
+    _with_store(_settings(ctx), nothing)
     click.echo("database at the latest schema")

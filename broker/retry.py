@@ -144,7 +144,8 @@ class InCallRetry:
     async def __call__(self, call: Callable[[], Awaitable[T]]) -> T:
         policy = self.policy
         wait = _RetryAfterWait(
-            wait_exponential_jitter(initial=policy.in_call_initial, max=policy.in_call_max),
+            wait_exponential_jitter(multiplier=policy.in_call_initial, max=policy.in_call_max,
+                                    jitter=policy.in_call_initial),
             cap=policy.in_call_max_retry_after,
         )
 

@@ -62,13 +62,7 @@ class Runtime:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         blobs = BlobStore(settings.blob_dir, settings.tmp_dir)
         blobs.ensure()
-        if migrate:
-            await upgrade(settings.db_url)
-        db = make_engine(settings.db_url)
-        declared = settings.entities_file()
-        if declared:
-            async with db.begin() as conn:
-                await registry.sync_from_config(conn, declared)
+        db = await prepare_store(settings, migrate=migrate)
         transport = make_transport(settings.amqp_url, delivery_limit=settings.delivery_limit)
         await transport.start()
         for name in connectors:
@@ -78,6 +72,19 @@ class Runtime:
     async def close(self) -> None:
         await self.transport.close()
         await self.db.dispose()
+
+
+async def prepare_store(settings: Settings, *, migrate: bool = True) -> AsyncEngine:
+    """Migrate the database, load the entities the TOML config declares, return an engine."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if migrate:
+        await upgrade(settings.db_url)
+    db = make_engine(settings.db_url)
+    declared = settings.entities_file()
+    if declared:
+        async with db.begin() as conn:
+            await registry.sync_from_config(conn, declared)
+    return db
 
 
 def now() -> float:

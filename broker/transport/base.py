@@ -10,7 +10,8 @@ adapter must keep:
   the handler returns, and requeued when it raises or the consumer dies, with
   ``redelivered`` set and ``delivery_count`` increased;
 * a message delivered more than ``delivery_limit`` times is dead-lettered to
-  the parking queue (``<prefix>.parking``) instead of being delivered again.
+  the parking queue (``<prefix>.parking``) instead of being delivered again,
+  with the headers ``parked_from`` (the work queue) and ``parked_reason``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 DEFAULT_PREFIX = "demat"
+
+# Headers of a delivery from the parking queue.
+PARKED_FROM = "parked_from"
+PARKED_REASON = "parked_reason"
+REASON_DELIVERY_LIMIT = "delivery_limit"
 
 
 class TransportError(Exception):
@@ -48,7 +54,9 @@ class Delivery:
     queue: str
     redelivered: bool
     # 1 on the first delivery; counts every delivery, crashes included.
+    # A parked message starts again at 1 on the parking queue.
     delivery_count: int
+    # The published headers; transport-internal ones (``x-...``) are left out.
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -73,7 +81,8 @@ class Transport(Protocol):
     async def start(self) -> None:
         """Connect and declare the parking queue and the events exchange."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Cancel the consumers (their deliveries are requeued) and disconnect."""
 
     async def declare(self, queue: str) -> None:
         """Declare a work queue (idempotent) dead-lettering to the parking queue."""
@@ -82,13 +91,32 @@ class Transport(Protocol):
         """Persist ``message`` on ``queue``; raise :class:`Unroutable` if it does not exist."""
 
     async def publish_many(self, queue: str, messages: list[Message]) -> None:
-        """Publish several messages with confirms in flight together."""
+        """Publish several messages with confirms in flight together.
+
+        Returns once every message is held; raises the first failure otherwise,
+        after all publishes have settled (some messages may then be stored).
+        """
 
     async def publish_event(self, routing_key: str, body: bytes) -> None:
         """Publish a state event to the topic exchange (dropped if nobody listens)."""
 
     async def consume(self, queue: str, handler: Handler, prefetch: int = 10) -> Consumer:
-        """Run ``handler`` for each delivery; ack on return, requeue on raise."""
+        """Run ``handler`` for each delivery, at most ``prefetch`` at a time.
+
+        Ack on return, requeue on raise or cancellation.
+        """
 
     async def ready(self) -> bool:
         """True when the transport can publish now."""
+
+
+class QueueNames:
+    """The names every adapter derives from its prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.parking_queue = f"{prefix}.parking"
+        self.events_exchange = f"{prefix}.events"
+
+    def work_queue(self, connector: str) -> str:
+        return f"{self.prefix}.{connector}"

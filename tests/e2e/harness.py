@@ -1,0 +1,177 @@
+"""Real processes for end-to-end tests: `demat serve|worker|relay|api` and simulators."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = {"completed", "rejected", "failed", "cancelled"}
+
+
+@dataclass
+class Proc:
+    """A child process whose stdout KEY=VALUE / LISTENING lines are collected."""
+
+    args: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: asyncio.subprocess.Process | None = None
+    lines: list[str] = field(default_factory=list)
+    _reader: asyncio.Task[None] | None = None
+
+    async def start(self, ready_prefix: str, timeout: float = 30.0) -> str:
+        err = self.log.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, env=self.env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err)
+        err.close()
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            raw = await asyncio.wait_for(self.proc.stdout.readline(), deadline - time.monotonic())
+            if not raw:
+                raise RuntimeError(f"{self.args} exited early; see {self.log}:\n"
+                                   f"{self.log.read_text()[-3000:]}")
+            line = raw.decode().strip()
+            self.lines.append(line)
+            if line.startswith(ready_prefix):
+                self._reader = asyncio.create_task(self._drain())
+                return line[len(ready_prefix):]
+        raise TimeoutError(f"{self.args} did not print {ready_prefix!r}")
+
+    async def _drain(self) -> None:
+        assert self.proc and self.proc.stdout
+        while raw := await self.proc.stdout.readline():
+            self.lines.append(raw.decode().strip())
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.returncode is None:
+            self.proc.send_signal(sig)
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        if not self.proc:
+            return None
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader:
+            self._reader.cancel()
+        return self.proc.returncode
+
+
+def demat_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEMAT_")}
+    env.update({"DEMAT_DATA_DIR": str(data_dir), "DEMAT_LOG_FORMAT": "json",
+                "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def demat(*args: str) -> list[str]:
+    return [sys.executable, "-m", "broker", *args]
+
+
+async def start_simulator(module: str, log: Path, *args: str) -> tuple[Proc, str]:
+    proc = Proc([sys.executable, "-m", f"simulators.{module}", "--port", "0", *args],
+                {**os.environ, "PYTHONUNBUFFERED": "1"}, log)
+    url = await proc.start("LISTENING ")
+    return proc, url
+
+
+async def start_demat(role: str, env: dict[str, str], log: Path, *args: str) -> tuple[Proc, str]:
+    """Start a demat process; returns it and its API_URL (empty for worker/relay)."""
+    proc = Proc(demat(role, *args), env, log)
+    if role in ("serve", "api"):
+        return proc, await proc.start("API_URL=")
+    proc.proc = await asyncio.create_subprocess_exec(
+        *proc.args, env=env, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
+        stderr=log.open("ab"))
+    return proc, ""
+
+
+def run_cli(env: dict[str, str], *args: str) -> str:
+    import subprocess
+
+    done = subprocess.run(demat(*args), env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"demat {' '.join(args)} failed ({done.returncode}): {done.stderr}")
+    return done.stdout
+
+
+class Api:
+    """A thin client of the broker's HTTP API."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/")
+        self.http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def submit(self, entity: str, files: Iterable[tuple[str, str, bytes]],
+                     metadata: dict[str, Any] | None = None, flow: str = "depot",
+                     ) -> tuple[int, Any]:
+        form = aiohttp.FormData()
+        form.add_field("flow", flow)
+        form.add_field("entity", entity)
+        form.add_field("metadata", json.dumps(metadata or {}))
+        for role, name, data in files:
+            form.add_field(role, data, filename=name)
+        async with self.http.post(f"{self.url}/api/v1/documents", data=form) as resp:
+            return resp.status, await resp.json()
+
+    async def get(self, path: str, **params: str) -> Any:
+        async with self.http.get(f"{self.url}{path}", params=params) as resp:
+            assert resp.status == 200, (resp.status, await resp.text())
+            return await resp.json()
+
+    async def post(self, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.http.post(f"{self.url}{path}", json=body) as resp:
+            return resp.status, await resp.json()
+
+    async def wait_terminal(self, ids: Iterable[str], timeout: float) -> dict[str, Any]:
+        """Poll until every document ended; returns them by id."""
+        pending, done = set(ids), {}
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for doc_id in list(pending):
+                try:
+                    doc = await self.get(f"/api/v1/documents/{doc_id}")
+                except (aiohttp.ClientError, AssertionError):
+                    break  # the server is restarting
+                if doc["state"] in TERMINAL:
+                    done[doc_id] = doc
+                    pending.discard(doc_id)
+            if pending:
+                await asyncio.sleep(0.3)
+        if pending:
+            raise AssertionError(f"{len(pending)} documents did not end within {timeout}s")
+        return done
+
+
+async def sim_stats(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/stats") as resp:
+        stats: dict[str, Any] = await resp.json()
+        return stats
+
+
+async def set_faults(url: str, rules: list[dict[str, Any]]) -> None:
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{url}/_control/faults", json={"rules": rules}
+    ) as resp:
+        assert resp.status == 200, await resp.text()

@@ -1,0 +1,149 @@
+"""The engine's rules, without a database or a network."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from pydantic import BaseModel
+
+from broker import engine as eng
+from broker.flows.base import FileRule, Flow, Step
+from broker.outcomes import Done, Pending, PermanentError, Rejected, TransientError
+from broker.retry import AttemptRecord, PollPolicy, RetryPolicy
+
+
+class Meta(BaseModel):
+    sign: bool = True
+
+
+class TwoStep(Flow):
+    def plan(self, metadata):  # type: ignore[no-untyped-def, override]
+        return ["sign", "send"] if metadata.get("sign", True) else ["send"]
+
+
+FLOW = TwoStep(
+    name="two",
+    description="",
+    files={"document": FileRule(min=1)},
+    metadata_model=Meta,
+    steps=[Step("sign", "parapheur"), Step("send", "tdt")],
+)
+POLICIES = eng.Policies(
+    RetryPolicy(ladder=(10.0, 60.0), jitter=0.2),
+    PollPolicy(first=2.0, factor=2.0, max_interval=60.0, deadline=1000.0),
+)
+NOW = 1_000_000.0
+
+
+def doc(
+    state: str = eng.RUNNING, step: str | None = "sign", run: int = 1, sign: bool = True
+) -> eng.Doc:
+    return eng.Doc("D1", "two", state, step, run, {"sign": sign})
+
+
+def apply(result, job=None, **kw):  # type: ignore[no-untyped-def]
+    return eng.apply(
+        FLOW,
+        kw.pop("d", doc()),
+        job or eng.Job("sign", "run", 1),
+        result,
+        NOW,
+        POLICIES,
+        rng=random.Random(1),
+        **kw,
+    )
+
+
+def test_start_follows_the_plan_chosen_by_metadata() -> None:
+    t = eng.start(FLOW, doc(eng.QUEUED, None, 0, sign=False), NOW, "operator:x")
+    assert (t.state, t.step, t.next_job.step, t.next_job.connector) == (  # type: ignore[union-attr]
+        eng.QUEUED,
+        "send",
+        "send",
+        "tdt",
+    )
+    assert t.journal[0].kind == "intake" and t.journal[0].data["plan"] == ["send"]
+
+
+def test_done_moves_to_next_step_then_completes() -> None:
+    t = apply(Done(metadata={"signed": True}))
+    assert t.state == eng.QUEUED and t.step == "send" and t.next_job is not None
+    assert t.next_job.due_at == NOW and t.metadata == {"signed": True}
+    assert t.event == "two.queued"
+    last = apply(Done(), job=eng.Job("send", "run", 1), d=doc(step="send"))
+    assert last.state == eng.COMPLETED and last.next_job is None
+    assert [e.kind for e in last.journal] == ["attempt", "transition"]
+
+
+def test_transient_error_follows_the_ladder_with_jitter_then_parks() -> None:
+    t = apply(TransientError("HTTP 503"))
+    assert t.state == eng.RETRYING and t.run == 2
+    assert t.next_job is not None and t.next_job.kind == "retry"
+    assert 8.0 <= t.next_job.due_at - NOW <= 12.0
+    second = apply(TransientError("HTTP 503"), job=eng.Job("sign", "retry", 2))
+    assert 48.0 <= second.next_job.due_at - NOW <= 72.0  # type: ignore[union-attr]
+    final = apply(TransientError("HTTP 503"), job=eng.Job("sign", "retry", 3))
+    assert final.state == eng.FAILED and final.park and final.next_job is None
+    assert final.last_error == "gave up after 3 runs: HTTP 503"
+
+
+def test_retry_after_is_a_floor_for_the_next_run() -> None:
+    t = apply(TransientError("HTTP 429", retry_after=120.0))
+    assert t.next_job is not None and t.next_job.due_at - NOW == pytest.approx(120.0)
+
+
+def test_in_call_attempts_are_journaled_with_their_next_try() -> None:
+    attempts = [AttemptRecord(1, "HTTP 503", 0.5), AttemptRecord(2, "HTTP 503", 1.0)]
+    t = apply(Done(), attempts=attempts)
+    tries = [e.data for e in t.journal if e.kind == "attempt"]
+    assert [a["try"] for a in tries] == [1, 2, 3]
+    assert tries[0]["error"] == "HTTP 503" and "next_try_at" in tries[0]
+    assert tries[2]["ok"] is True
+
+
+def test_permanent_error_fails_at_once() -> None:
+    t = apply(PermanentError("HTTP 400: bad metadata"))
+    assert t.state == eng.FAILED and t.park and t.next_job is None
+    assert t.last_error == "HTTP 400: bad metadata"
+
+
+def test_rejection_is_terminal_with_the_peer_words() -> None:
+    t = apply(Rejected("refusé par le maire : erreur de montant"))
+    assert t.state == eng.REJECTED and not t.park
+    assert t.last_error == "refusé par le maire : erreur de montant"
+
+
+def test_polls_have_their_cadence_and_never_spend_the_retry_budget() -> None:
+    first = apply(Pending(poll_after=300.0))
+    assert first.state == eng.WAITING and first.run == 1
+    assert first.next_job is not None and first.next_job.due_at - NOW == 2.0
+    deadline = first.next_job.poll_deadline
+    assert deadline == NOW + 1000.0
+    job = eng.Job("sign", "poll", 1, polls=5, poll_deadline=deadline)
+    later = apply(Pending(poll_after=300.0), job=job)
+    assert later.run == 1 and later.next_job.due_at - NOW == 60.0  # type: ignore[union-attr]
+    hinted = apply(Pending(poll_after=1.0), job=job)
+    assert hinted.next_job.due_at - NOW == 1.0  # type: ignore[union-attr]
+
+
+def test_poll_deadline_fails_with_a_reason() -> None:
+    job = eng.Job("sign", "poll", 1, polls=3, poll_deadline=NOW - 1)
+    t = apply(Pending(poll_after=5.0), job=job)
+    assert t.state == eng.FAILED and t.park
+    assert "no answer from parapheur" in (t.last_error or "")
+
+
+def test_operator_retry_of_a_failed_document_restarts_the_budget() -> None:
+    t = eng.retry(FLOW, doc(eng.FAILED, "send", 3), NOW, "operator:o", "replay")
+    assert t.state == eng.QUEUED and t.run == 1 and t.next_job is not None
+    assert t.next_job.kind == "replay" and t.next_job.step == "send"
+    assert t.journal[0].kind == "operator" and t.journal[0].actor == "operator:o"
+    with pytest.raises(eng.NotAllowed):
+        eng.retry(FLOW, doc(eng.COMPLETED), NOW, "operator:o")
+
+
+def test_cancel_only_what_has_not_ended() -> None:
+    assert eng.cancel(doc(eng.WAITING), NOW, "entity:e").state == eng.CANCELLED
+    with pytest.raises(eng.NotAllowed):
+        eng.cancel(doc(eng.REJECTED), NOW, "entity:e")
