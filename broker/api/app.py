@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 import structlog
@@ -25,7 +26,7 @@ from broker.service import ServiceError, StagedPart
 log = structlog.get_logger("demat.api")
 
 RUNTIME = web.AppKey("runtime", Runtime)
-PRINCIPAL = "principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"})
 TEXT_FIELDS = frozenset({"flow", "entity", "metadata"})
 MAX_TEXT_FIELD = 1024 * 1024
@@ -60,6 +61,9 @@ class TokenCache:
         return who
 
 
+TOKENS = web.AppKey("tokens", TokenCache)
+
+
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path not in PUBLIC:
@@ -76,9 +80,6 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         if exc.status in (413, 422):
             INTAKE_REFUSED.labels(str(exc.status)).inc()
         return error_response(exc.status, exc.message, exc.problems)
-
-
-TOKENS = web.AppKey("tokens", TokenCache)
 
 
 def _who(request: web.Request) -> Principal:
@@ -184,14 +185,8 @@ async def get_file(request: web.Request) -> web.StreamResponse:
                                 request.match_info["file_id"])
     return web.FileResponse(rt.blobs.path(row.sha256), headers={
         "Content-Type": row.content_type,
-        "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(row.name)}",
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(row.name, safe='')}",
         "Digest": f"sha-256={row.sha256}"})
-
-
-def _quote(name: str) -> str:
-    from urllib.parse import quote
-
-    return quote(name, safe="")
 
 
 async def get_journal(request: web.Request) -> web.Response:

@@ -69,7 +69,7 @@ class AmqpTransport(QueueNames):
         super().__init__(prefix)
         self.delivery_limit = delivery_limit
         self._url = url
-        # Robust channels wait for a reconnection without limit: bound every wait.
+        # Some robust operations wait for a reconnection without limit: bound every wait.
         self._timeout = timeout
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
@@ -157,6 +157,8 @@ class AmqpTransport(QueueNames):
             )
 
     async def consume(self, queue: str, handler: Handler, prefetch: int = 10) -> Consumer:
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")  # 0 would mean unlimited to AMQP
         if self._connection is None:
             raise TransportError("amqp transport is not started")
         with _translated(f"cannot consume {queue!r}"):
