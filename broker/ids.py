@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
-def new_id() -> str:
-    """A 26-character ULID: 48-bit milliseconds then 80 random bits.
+_last = [0, 0]  # (milliseconds, random part) of the previous id
+_lock = threading.Lock()
 
-    Ids sort by creation time, so cursor paging can use the id alone.
+
+def new_id() -> str:
+    """A 26-character monotonic ULID: 48-bit milliseconds then 80 random bits.
+
+    Ids sort by creation time, also within one millisecond in one process, so
+    cursor paging and file order can use the id alone.
     """
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    with _lock:
+        ms, rand = int(time.time() * 1000), int.from_bytes(os.urandom(10), "big")
+        if ms <= _last[0]:
+            ms, rand = _last[0], (_last[1] + 1) % (1 << 80)
+        _last[0], _last[1] = ms, rand
+    value = (ms << 80) | rand
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])

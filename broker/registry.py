@@ -85,9 +85,8 @@ async def create_token(conn: AsyncConnection, role: str, entity: str | None = No
     """Create a token and return it; only its hash is stored."""
     if role not in (OPERATOR, ENTITY):
         raise ValueError(f"unknown role {role!r}")
-    if role == ENTITY:
-        if entity is None or await get_entity(conn, entity) is None:
-            raise InvalidEntity(f"unknown entity {entity!r}: add it first (demat entity add)")
+    if role == ENTITY and (entity is None or await get_entity(conn, entity) is None):
+        raise InvalidEntity(f"unknown entity {entity!r}: add it first (demat entity add)")
     token = f"dmt_{secrets.token_urlsafe(32)}"
     await conn.execute(tokens.insert().values(
         id=new_id(), token_hash=hash_token(token), role=role,

@@ -33,7 +33,7 @@ from broker.retry import AttemptRecord, InCallRetry
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
 from broker.store.documents import StoredFile
-from broker.store.schema import entities, jobs, workers
+from broker.store.schema import documents, entities, jobs, workers
 from broker.transport.base import Consumer, Delivery
 from connectors.base import FileView, StepContext
 
@@ -131,8 +131,8 @@ class Worker:
                 await conn.execute(jobs.update().where(jobs.c.id == job_id).values(
                     state="cancelled", finished_at=t, last_error="document no longer active"))
                 return None
-            await conn.execute(docs.documents.update().where(
-                docs.documents.c.id == doc_row.id).values(
+            await conn.execute(documents.update().where(
+                documents.c.id == doc_row.id).values(
                 state=eng.RUNNING, step=job_row.step, run=job_row.run, next_due_at=None,
                 updated_at=t))
         return job_row, doc_row

@@ -116,7 +116,8 @@ async def error_for_status(resp: aiohttp.ClientResponse, what: str) -> None:
     if body:
         message = f"{message}: {body}"
     if resp.status in (408, 425, 429) or resp.status >= 500:
-        raise TransientError(message, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        raise TransientError(message, retry_after=retry_after)
     raise PermanentError(message)
 
 

@@ -23,7 +23,8 @@ PG_ADMIN_URL = os.environ.get("DEMAT_TEST_PG_URL", "postgresql://postgres@127.0.
 def _answers(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 1):
+        address = (parts.hostname or "127.0.0.1", parts.port or default_port)
+        with socket.create_connection(address, 1):
             return True
     except OSError:
         return False

@@ -8,7 +8,7 @@ from sqlalchemy.dialects import postgresql
 metadata = sa.MetaData()
 
 JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-TIME = sa.Double()
+TIME: sa.Double[float] = sa.Double()
 
 entities = sa.Table(
     "entities",

@@ -80,7 +80,7 @@ class AmqpTransport(QueueNames):
 
     async def start(self) -> None:
         with _translated("cannot connect to RabbitMQ"):
-            self._connection = await aio_pika.connect_robust(self._url, timeout=self._timeout)
+            self._connection = await aio_pika.connect(self._url, timeout=self._timeout)
         try:
             with _translated("cannot declare the parking queue and the events exchange"):
                 self._channel = await self._connection.channel(
@@ -121,11 +121,15 @@ class AmqpTransport(QueueNames):
             headers=headers,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        exchange = self._publisher().default_exchange
+        channel = self._publisher()
+
+        async def send() -> None:
+            # Rides out a reconnection instead of failing on the lost channel.
+            await channel.ready()
+            await channel.default_exchange.publish(amqp_message, routing_key=queue, mandatory=True)
+
         try:
-            await asyncio.wait_for(
-                exchange.publish(amqp_message, routing_key=queue, mandatory=True), self._timeout
-            )
+            await asyncio.wait_for(send(), self._timeout)
         except PublishError as exc:
             raise Unroutable(f"no queue {queue!r} for {message.message_id}") from exc
         except DeliveryError as exc:
@@ -177,8 +181,14 @@ class AmqpTransport(QueueNames):
         return consumer
 
     async def ready(self) -> bool:
-        connection = self._connection
-        return connection is not None and not connection.is_closed and connection.connected.is_set()
+        connection, channel = self._connection, self._channel
+        # The channel reopens only after the connection is back.
+        return (
+            connection is not None
+            and connection.connected.is_set()
+            and channel is not None
+            and not channel.is_closed
+        )
 
     def _publisher(self) -> AbstractRobustChannel:
         if self._channel is None:

@@ -147,3 +147,10 @@ def test_cancel_only_what_has_not_ended() -> None:
     assert eng.cancel(doc(eng.WAITING), NOW, "entity:e").state == eng.CANCELLED
     with pytest.raises(eng.NotAllowed):
         eng.cancel(doc(eng.REJECTED), NOW, "entity:e")
+
+
+def test_ids_sort_in_creation_order_even_within_a_millisecond() -> None:
+    from broker.ids import new_id
+
+    ids = [new_id() for _ in range(2000)]
+    assert ids == sorted(ids) and len(set(ids)) == 2000 and all(len(i) == 26 for i in ids)

@@ -5,14 +5,14 @@ Revises:
 """
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision = "0001"
 down_revision = None
 
 JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-TIME = sa.Double()
+TIME: sa.Double[float] = sa.Double()
 
 
 def upgrade() -> None:
