@@ -153,13 +153,20 @@ class Worker:
             async with self.rt.db.begin() as conn:
                 await docs.set_ref(conn, doc_row.id, key, value)
 
+        async def save_file(new: NewFile) -> FileView:
+            (stored,) = await self._stage_outputs((new,), job_row.step)
+            async with self.rt.db.begin() as conn:
+                file_id = await docs.add_file_once(conn, doc_row.id, stored, now())
+            return FileView(file_id, stored.role, stored.name, stored.content_type, stored.size,
+                            stored.sha256, self.rt.blobs.path(stored.sha256))
+
         return StepContext(
             document_id=doc_row.id, flow=doc_row.flow, entity=doc_row.entity,
             step=job_row.step, run=job_row.run, kind=job_row.kind,
             metadata=doc_row.metadata, files=views, config=config, refs=doc_row.refs,
             http=self._http, workdir=workdir,
             retry=InCallRetry(self.rt.settings.retry_policy, attempts.append),
-            save_ref=save_ref)
+            save_ref=save_ref, save_file=save_file)
 
     async def _run(self, job_row: Any, doc_row: Any, token: str) -> None:
         connector = self.rt.connectors[job_row.connector]

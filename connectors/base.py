@@ -77,8 +77,12 @@ class StepContext:
     http: aiohttp.ClientSession
     workdir: Path
     retry: InCallRetry = field(default_factory=lambda: InCallRetry(RetryPolicy()))
-    # Persists a remote reference at once, before the step ends.
+    # Persists a remote reference at once, before the step ends, so a re-run
+    # after a crash finds it and reconciles with the peer instead of re-sending.
     save_ref: Callable[[str, str], Awaitable[None]] | None = None
+    # Stores a file on the document at once (e.g. a signed PDF fetched before the
+    # peer deletes it); storing the same content twice under one role is a no-op.
+    save_file: Callable[[NewFile], Awaitable[FileView]] | None = None
 
     def files_with_role(self, role: str) -> list[FileView]:
         return [f for f in self.files if f.role == role]

@@ -87,6 +87,18 @@ async def write_transition(conn: AsyncConnection, doc: Doc, entity: str, transit
     return job_id
 
 
+async def add_file_once(conn: AsyncConnection, document_id: str, stored: StoredFile,
+                        now: float) -> str:
+    """Record ``stored`` unless the document already has that content under that role."""
+    existing = (await conn.execute(sa.select(files.c.id).where(
+        files.c.document_id == document_id, files.c.role == stored.role,
+        files.c.sha256 == stored.sha256))).first()
+    if existing:
+        return str(existing.id)
+    (file_id,) = await insert_files(conn, document_id, [stored], now)
+    return file_id
+
+
 async def get_document(conn: AsyncConnection, document_id: str) -> Any | None:
     return (await conn.execute(
         sa.select(documents).where(documents.c.id == document_id))).first()

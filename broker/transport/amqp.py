@@ -5,6 +5,9 @@ dead-letters the message (at-least-once) through the fanout exchange
 ``<prefix>.parking`` to the queue of the same name. Consumers ack only once the
 handler returned and reject with requeue when it raised, which on RabbitMQ 3.10
 counts toward the limit, as do lost channels.
+
+The connection is robust: after a loss it reconnects and restores the
+consumers; a publish meanwhile waits for it, at most ``timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class AmqpTransport(QueueNames):
 
     async def start(self) -> None:
         with _translated("cannot connect to RabbitMQ"):
-            self._connection = await aio_pika.connect(self._url, timeout=self._timeout)
+            self._connection = await aio_pika.connect_robust(self._url, timeout=self._timeout)
         try:
             with _translated("cannot declare the parking queue and the events exchange"):
                 self._channel = await self._connection.channel(
