@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(BIN)/demat serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check broker connectors simulators tests bench
+	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict broker connectors

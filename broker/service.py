@@ -8,6 +8,7 @@ entry and its event written in one transaction.
 from __future__ import annotations
 
 import json
+from datetime import date
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +19,12 @@ from pydantic import ValidationError
 from broker import engine as eng
 from broker import journal, registry
 from broker.blobs import Staged
-from broker.flows import Problem, UploadedFile
+from broker.flows import Intake, Problem, UploadedFile
 from broker.ids import new_id, siren_problem
 from broker.metrics import DOCUMENTS_SUBMITTED
 from broker.registry import Principal
 from broker.runtime import Runtime, now
+from broker.store import classifications
 from broker.store import documents as docs
 from broker.store.documents import StoredFile
 from broker.store.schema import documents, jobs
@@ -119,25 +121,57 @@ async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: st
             else:
                 uploads = [UploadedFile(p.role, p.name, p.staged.size, p.staged.head)
                            for p in parts]
-                problems += flow.check(model, uploads)
+                if entity and not any(p.field == "entity" for p in problems):
+                    problems += flow.check(model, uploads, await _intake(rt, flow.name, entity))
+                    problems += await _key_problems(rt, flow.name, entity,
+                                                    flow.unique_key(model))
     if problems:
         raise ServiceError(422, "; ".join(f"{p.field}: {p.message}" for p in problems), problems)
     assert flow is not None and entity is not None and metadata is not None
+    unique = flow.unique_key(flow.metadata_model.model_validate(metadata))
     # Blobs first: a crash before the commit leaves unreferenced blobs only.
     for part in parts:
         await rt.blobs.commit(part.staged)
     t = now()
     doc = eng.Doc(new_id(), flow.name, eng.QUEUED, None, 0, metadata)
     transition = eng.start(flow, doc, t, who.actor)
-    async with rt.db.begin() as conn:
-        await docs.insert_document(conn, doc, entity, t)
-        await docs.insert_files(conn, doc.id, [
-            StoredFile(p.role, p.name, p.content_type, p.staged.size, p.staged.sha256)
-            for p in parts], t)
-        await docs.write_transition(conn, doc, entity, transition, t)
+    try:
+        async with rt.db.begin() as conn:
+            await docs.insert_document(conn, doc, entity, t, unique[1] if unique else None)
+            await docs.insert_files(conn, doc.id, [
+                StoredFile(p.role, p.name, p.content_type, p.staged.size, p.staged.sha256)
+                for p in parts], t)
+            await docs.write_transition(conn, doc, entity, transition, t)
+    except sa.exc.IntegrityError as exc:
+        # Another submission took the same key between the check and the insert.
+        problems = await _key_problems(rt, flow.name, entity, unique)
+        raise ServiceError(422, "; ".join(f"{p.field}: {p.message}" for p in problems)
+                           or "conflicting submission", problems) from exc
     DOCUMENTS_SUBMITTED.labels(flow.name).inc()
     rt.notifier.notify()
     return await get_document(rt, who, doc.id)
+
+
+async def _intake(rt: Runtime, flow: str, entity: str) -> Intake:
+    async with rt.db.connect() as conn:
+        known = await classifications.get(conn, entity, flow)
+    return Intake(entity, date.today(), known.data if known else None,
+                  known.version_date if known else None)
+
+
+async def _key_problems(rt: Runtime, flow: str, entity: str,
+                        key: tuple[str, str] | None) -> list[Problem]:
+    if key is None:
+        return []
+    field, value = key
+    async with rt.db.connect() as conn:
+        other = (await conn.execute(sa.select(documents.c.id).where(
+            documents.c.entity == entity, documents.c.flow == flow,
+            documents.c.unique_key == value))).first()
+    if other is None:
+        return []
+    return [Problem(field, f"{value!r} is already used by document {other.id} of entity "
+                    f"{entity}")]
 
 
 def _file_view(row: Any) -> dict[str, Any]:

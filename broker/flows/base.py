@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from pydantic import BaseModel
@@ -40,6 +41,17 @@ class UploadedFile:
 
 
 @dataclass(frozen=True)
+class Intake:
+    """What the store knows that a flow's checks may need."""
+
+    entity: str
+    today: date
+    # The entity's current classification for this flow (JSON as stored), if any.
+    classification: Mapping[str, Any] | None = None
+    classification_date: str | None = None
+
+
+@dataclass(frozen=True)
 class Problem:
     """One thing wrong with a submission, and where."""
 
@@ -67,7 +79,12 @@ class Flow:
         """The steps this document goes through, in order (all of them by default)."""
         return [step.name for step in self.steps]
 
-    def check(self, metadata: BaseModel, files: Sequence[UploadedFile]) -> list[Problem]:
+    def unique_key(self, metadata: BaseModel) -> tuple[str, str] | None:
+        """(field, value) no other live document of the entity may share; None: no such key."""
+        return None
+
+    def check(self, metadata: BaseModel, files: Sequence[UploadedFile],
+              intake: Intake) -> list[Problem]:
         """Checks beyond the metadata model: file counts by role, then flow rules."""
         problems: list[Problem] = []
         for role in sorted({f.role for f in files} - set(self.files)):
@@ -86,8 +103,9 @@ class Flow:
         for f in files:
             if f.size == 0:
                 problems.append(Problem(f"files.{f.role}", f"file {f.name!r} is empty"))
-        return problems + self.check_content(metadata, files)
+        return problems + self.check_content(metadata, files, intake)
 
-    def check_content(self, metadata: BaseModel, files: Sequence[UploadedFile]) -> list[Problem]:
+    def check_content(self, metadata: BaseModel, files: Sequence[UploadedFile],
+                      intake: Intake) -> list[Problem]:
         """Flow-specific rules; flows override this."""
         return []

@@ -15,9 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import journal
-from broker.engine import Doc, Job, Transition
+from broker.engine import CANCELLED, REJECTED, Doc, Job, Transition
 from broker.ids import new_id
 from broker.store.schema import documents, events, files, jobs
+
+
+# A refused or cancelled act never reached the préfecture: its number is free again.
+RELEASES_KEY = frozenset({REJECTED, CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,12 @@ def job_of(row: Any) -> Job:
     return Job(row.step, row.kind, row.run, row.polls, row.poll_deadline)
 
 
-async def insert_document(conn: AsyncConnection, doc: Doc, entity: str, now: float) -> None:
+async def insert_document(conn: AsyncConnection, doc: Doc, entity: str, now: float,
+                          unique_key: str | None = None) -> None:
     await conn.execute(documents.insert().values(
         id=doc.id, flow=doc.flow, entity=entity, state=doc.state, step=doc.step, run=doc.run,
-        metadata=dict(doc.metadata), refs={}, created_at=now, updated_at=now))
+        metadata=dict(doc.metadata), refs={}, created_at=now, updated_at=now,
+        unique_key=unique_key))
 
 
 async def insert_files(conn: AsyncConnection, document_id: str, stored: Sequence[StoredFile],
@@ -68,6 +74,8 @@ async def write_transition(conn: AsyncConnection, doc: Doc, entity: str, transit
     }
     if transition.metadata:
         values["metadata"] = {**doc.metadata, **transition.metadata}
+    if transition.state in RELEASES_KEY:
+        values["unique_key"] = None
     await conn.execute(documents.update().where(documents.c.id == doc.id).values(**values))
     await insert_files(conn, doc.id, produced, now)
     job_id = None

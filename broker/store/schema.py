@@ -49,7 +49,11 @@ documents = sa.Table(
     sa.Column("refs", JSON, nullable=False),
     sa.Column("created_at", TIME, nullable=False),
     sa.Column("updated_at", TIME, nullable=False),
+    # A business key unique per entity and flow (an act's number); released
+    # when the document is rejected or cancelled so the number can be reused.
+    sa.Column("unique_key", sa.String(64), nullable=True),
     sa.Index("ix_documents_entity_flow_state", "entity", "flow", "state", "id"),
+    sa.Index("ux_documents_unique_key", "entity", "flow", "unique_key", unique=True),
     sa.Index("ix_documents_state", "state", "id"),
 )
 
@@ -119,6 +123,17 @@ journal = sa.Table(
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
     sa.Index("ix_journal_document", "document_id", "seq"),
+)
+
+# The classification an entity's peer (the TdT for ACTES) currently expects.
+classifications = sa.Table(
+    "classifications",
+    metadata,
+    sa.Column("entity", sa.String(9), primary_key=True),
+    sa.Column("flow", sa.String(32), primary_key=True),
+    sa.Column("version_date", sa.String(10), nullable=False),
+    sa.Column("data", JSON, nullable=False),
+    sa.Column("fetched_at", TIME, nullable=False),
 )
 
 workers = sa.Table(
