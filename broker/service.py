@@ -8,9 +8,9 @@ entry and its event written in one transaction.
 from __future__ import annotations
 
 import json
-from datetime import date
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import sqlalchemy as sa

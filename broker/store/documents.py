@@ -19,7 +19,6 @@ from broker.engine import CANCELLED, REJECTED, Doc, Job, Transition
 from broker.ids import new_id
 from broker.store.schema import documents, events, files, jobs
 
-
 # A refused or cancelled act never reached the préfecture: its number is free again.
 RELEASES_KEY = frozenset({REJECTED, CANCELLED})
 
