@@ -18,10 +18,11 @@ from broker import registry, service
 from broker.api import models, openapi
 from broker.blobs import CHUNK, TooLarge
 from broker.flows import Problem
-from broker.metrics import INTAKE_REFUSED
+from broker.metrics import DOCUMENTS_BY_STATE, INTAKE_REFUSED
 from broker.registry import Principal
 from broker.runtime import Runtime
 from broker.service import ServiceError, StagedPart
+from broker.store.schema import documents
 
 log = structlog.get_logger("demat.api")
 
@@ -244,7 +245,14 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
 
 
-async def metrics(_request: web.Request) -> web.Response:
+async def metrics(request: web.Request) -> web.Response:
+    async with _rt(request).db.connect() as conn:
+        counts = (await conn.execute(
+            sa.select(documents.c.flow, documents.c.state, sa.func.count())
+            .group_by(documents.c.flow, documents.c.state))).all()
+    DOCUMENTS_BY_STATE.clear()
+    for flow, state, count in counts:
+        DOCUMENTS_BY_STATE.labels(flow, state).set(count)
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -204,6 +204,7 @@ async def test_health_readiness_metrics_and_openapi(api: Client) -> None:
         "ready": True, "store": "ok", "transport": "ok"}
     metrics = await (await api.client.get("/metrics")).text()
     assert 'demat_documents_submitted_total{flow="depot"}' in metrics
+    assert 'demat_documents{flow="depot",state="queued"} 1.0' in metrics
     spec = await (await api.client.get("/api/v1/openapi.json")).json()
     assert spec["openapi"].startswith("3.")
     for path in ("/api/v1/documents", "/api/v1/documents/{id}", "/api/v1/documents/{id}/journal",
