@@ -188,6 +188,7 @@ def apply(
 
 def _after_done(flow: Flow, doc: Doc, job: Job, now: float) -> Transition:
     plan = flow.plan(doc.metadata)
+    # A step outside the plan is an action's: it ends the document again.
     index = plan.index(job.step) if job.step in plan else len(plan)
     if index + 1 >= len(plan):
         return Transition(COMPLETED, job.step, job.run)
@@ -249,6 +250,21 @@ def retry(flow: Flow, doc: Doc, now: float, actor: str, reason: str = "retry") -
     transition = Transition(QUEUED, step, run, _run_job(flow, step, "replay", run, now),
                             journal=[Entry("operator", {"action": reason, "step": step}, doc.id,
                                            actor)])
+    return _changed(doc, transition)
+
+
+def act(flow: Flow, doc: Doc, action: str, now: float, actor: str) -> Transition:
+    """A follow-up asked of a completed document (e.g. cancelling an acknowledged act)."""
+    if action not in flow.actions:
+        raise NotAllowed(f"flow {flow.name} has no action {action!r}"
+                         + (f" (actions: {', '.join(sorted(flow.actions))})" if flow.actions
+                            else ""))
+    step, needs = flow.actions[action]
+    if doc.state != COMPLETED or needs not in doc.metadata:
+        raise NotAllowed(f"{action} needs a completed document with {needs}; document "
+                         f"{doc.id} is {doc.state}")
+    transition = Transition(QUEUED, step, 1, _run_job(flow, step, "run", 1, now), journal=[
+        Entry("operator", {"action": action, "step": step}, doc.id, actor)])
     return _changed(doc, transition)
 
 

@@ -260,17 +260,26 @@ async def _operate(rt: Runtime, who: Principal, document_id: str, action: str) -
         row = await docs.lock_document(conn, document_id)
         assert row is not None
         doc = docs.doc_of(row)
+        flow = rt.flows[doc.flow]
         try:
             if action == "cancel":
                 transition = eng.cancel(doc, t, who.actor)
+            elif action in ("retry", "replay"):
+                transition = eng.retry(flow, doc, t, who.actor, action)
             else:
-                transition = eng.retry(rt.flows[doc.flow], doc, t, who.actor, action)
+                transition = eng.act(flow, doc, action, t, who.actor)
         except eng.NotAllowed as exc:
             raise ServiceError(409, str(exc)) from exc
         await docs.cancel_open_jobs(conn, document_id, t, f"superseded by {action}")
         await docs.write_transition(conn, doc, row.entity, transition, t)
     rt.notifier.notify()
     return await get_document(rt, who, document_id)
+
+
+async def perform(rt: Runtime, who: Principal, document_id: str,
+                  action: str) -> dict[str, Any]:
+    """A flow's follow-up action on a completed document."""
+    return await _operate(rt, who, document_id, action)
 
 
 async def retry(rt: Runtime, who: Principal, document_id: str) -> dict[str, Any]:

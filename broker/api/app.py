@@ -205,6 +205,12 @@ async def cancel(request: web.Request) -> web.Response:
                                                   request.match_info["id"]))
 
 
+async def action(request: web.Request) -> web.Response:
+    return web.json_response(await service.perform(_rt(request), _who(request),
+                                                   request.match_info["id"],
+                                                   request.match_info["action"]))
+
+
 async def parking(request: web.Request) -> web.Response:
     q = request.query
     return web.json_response(await service.parking(
@@ -273,6 +279,7 @@ def build_app(runtime: Runtime) -> web.Application:
         web.get("/api/v1/documents/{id}/journal", get_journal),
         web.post("/api/v1/documents/{id}/retry", retry),
         web.post("/api/v1/documents/{id}/cancel", cancel),
+        web.post("/api/v1/documents/{id}/actions/{action}", action),
         web.get("/api/v1/parking", parking),
         web.post("/api/v1/parking/replay", replay),
         web.get("/api/v1/openapi.json", openapi_json),

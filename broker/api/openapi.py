@@ -80,6 +80,11 @@ def build() -> dict[str, Any]:
                 "summary": "Cancel a document that has not ended", "parameters": [doc_id],
                 "responses": {"200": _json(m.DocumentOut), **_ERRORS,
                               "409": _json(m.ErrorOut, "already ended")}}},
+            "/api/v1/documents/{id}/actions/{action}": {"post": {
+                "summary": "A flow's follow-up on a completed document (ACTES: annuler)",
+                "parameters": [doc_id, _param("action", "path")],
+                "responses": {"200": _json(m.DocumentOut), **_ERRORS,
+                              "409": _json(m.ErrorOut, "not possible in this state")}}},
             "/api/v1/parking": {"get": {
                 "summary": "Failed documents parked with their last error",
                 "parameters": [_param(p) for p in ("entity", "flow", "limit", "cursor")],

@@ -67,7 +67,9 @@ class Flow:
     metadata_model: type[BaseModel]
     steps: Sequence[Step]
     max_upload: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    # Actions a person may ask of a completed document: name -> (step, metadata key that
+    # must be present), e.g. ACTES "annuler" -> ("cancel", "id_acte").
+    actions: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     def step(self, name: str) -> Step:
         for step in self.steps:

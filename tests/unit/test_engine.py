@@ -154,3 +154,21 @@ def test_ids_sort_in_creation_order_even_within_a_millisecond() -> None:
 
     ids = [new_id() for _ in range(2000)]
     assert ids == sorted(ids) and len(set(ids)) == 2000 and all(len(i) == 26 for i in ids)
+
+
+def test_an_action_reopens_a_completed_document_on_its_step() -> None:
+    flow = TwoStep(name="two", description="", files={}, metadata_model=Meta,
+                   steps=[Step("sign", "parapheur"), Step("send", "tdt"),
+                          Step("cancel", "tdt")],
+                   actions={"annuler": ("cancel", "id_acte")})
+    done = eng.Doc("D1", "two", eng.COMPLETED, "send", 1, {"id_acte": "034-…-DE"})
+    t = eng.act(flow, done, "annuler", NOW, "entity:e")
+    assert t.state == eng.QUEUED and t.next_job is not None and t.next_job.step == "cancel"
+    back = eng.apply(flow, eng.Doc("D1", "two", eng.RUNNING, "cancel", 1, done.metadata),
+                     eng.Job("cancel", "run", 1), Done(metadata={"annulation": "ok"}), NOW,
+                     POLICIES)
+    assert back.state == eng.COMPLETED and back.metadata == {"annulation": "ok"}
+    with pytest.raises(eng.NotAllowed, match="needs a completed document with id_acte"):
+        eng.act(flow, eng.Doc("D2", "two", eng.COMPLETED, "send", 1, {}), "annuler", NOW, "x")
+    with pytest.raises(eng.NotAllowed, match="no action 'purger'"):
+        eng.act(flow, done, "purger", NOW, "x")
