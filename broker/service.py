@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+import aiohttp
 import sqlalchemy as sa
 from pydantic import ValidationError
 
@@ -22,12 +23,14 @@ from broker.blobs import Staged
 from broker.flows import Intake, Problem, UploadedFile
 from broker.ids import new_id, siren_problem
 from broker.metrics import DOCUMENTS_SUBMITTED
+from broker.outcomes import StepError
 from broker.registry import Principal
 from broker.runtime import Runtime, now
 from broker.store import classifications
 from broker.store import documents as docs
 from broker.store.documents import StoredFile
 from broker.store.schema import documents, jobs
+from connectors.base import ClassificationSource
 
 MAX_PAGE = 500
 MAX_REPLAY_BATCH = 1000
@@ -172,6 +175,49 @@ async def _key_problems(rt: Runtime, flow: str, entity: str,
         return []
     return [Problem(field, f"{value!r} is already used by document {other.id} of entity "
                     f"{entity}")]
+
+
+async def classification_of(rt: Runtime, who: Principal, entity: str,
+                            flow: str) -> dict[str, Any]:
+    if not who.may_see(entity):
+        raise not_found(f"entity {entity}")
+    async with rt.db.connect() as conn:
+        row = await classifications.get(conn, entity, flow)
+    if row is None:
+        raise not_found(f"classification of entity {entity} for flow {flow}")
+    return {"entity": entity, "flow": flow, "version_date": row.version_date,
+            "fetched_at": eng.iso(row.fetched_at), "data": row.data}
+
+
+async def refresh_classification(rt: Runtime, who: Principal, entity: str,
+                                 flow_name: str) -> dict[str, Any]:
+    """Ask the flow's peer for the entity's current classification and keep it."""
+    flow = rt.flows.get(flow_name)
+    if flow is None or flow.classification_from is None:
+        raise ServiceError(422, f"flow {flow_name!r} has no classification",
+                           [Problem("flow", "a flow with a classification, e.g. actes")])
+    if not who.may_see(entity):
+        raise not_found(f"entity {entity}")
+    source = rt.connectors.get(flow.classification_from)
+    if not isinstance(source, ClassificationSource):
+        raise ServiceError(500, f"connector {flow.classification_from} cannot fetch "
+                           "classifications")
+    async with rt.db.connect() as conn:
+        row = await registry.get_entity(conn, entity)
+    if row is None:
+        raise not_found(f"entity {entity}")
+    config = row.connectors.get(flow.classification_from, {})
+    try:
+        async with aiohttp.ClientSession() as http:
+            version_date, data = await source.fetch_classification(config, http)
+    except StepError as exc:
+        raise ServiceError(502, f"{flow.classification_from}: {exc}") from exc
+    async with rt.db.begin() as conn:
+        await classifications.put(conn, entity, flow_name, version_date, data, now())
+        await journal.append(conn, [journal.Entry(
+            "operator", {"action": "classification", "entity": entity, "flow": flow_name,
+                         "version_date": version_date}, None, who.actor)], now())
+    return await classification_of(rt, who, entity, flow_name)
 
 
 def _file_view(row: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import aiohttp
 
@@ -27,6 +27,7 @@ from broker.outcomes import (
 from broker.retry import InCallRetry, RetryPolicy, parse_retry_after
 
 __all__ = [
+    "ClassificationSource",
     "Connector",
     "Done",
     "FileView",
@@ -100,6 +101,15 @@ class Connector(Protocol):
 
     async def run(self, ctx: StepContext) -> Outcome:
         """Run ``ctx.step`` for ``ctx.document_id`` once; raise Transient/PermanentError."""
+
+
+@runtime_checkable
+class ClassificationSource(Protocol):
+    """A connector that can fetch an entity's current classification from its peer."""
+
+    async def fetch_classification(self, config: Mapping[str, Any],
+                                   http: aiohttp.ClientSession) -> tuple[str, dict[str, Any]]:
+        """(version date YYYY-MM-DD, the classification as JSON-able data)."""
 
 
 def _excerpt(text: str, limit: int = 300) -> str:

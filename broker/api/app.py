@@ -211,6 +211,18 @@ async def action(request: web.Request) -> web.Response:
                                                    request.match_info["action"]))
 
 
+async def get_classification(request: web.Request) -> web.Response:
+    return web.json_response(await service.classification_of(
+        _rt(request), _who(request), request.match_info["siren"],
+        request.query.get("flow", "actes")))
+
+
+async def refresh_classification(request: web.Request) -> web.Response:
+    return web.json_response(await service.refresh_classification(
+        _rt(request), _who(request), request.match_info["siren"],
+        request.query.get("flow", "actes")))
+
+
 async def parking(request: web.Request) -> web.Response:
     q = request.query
     return web.json_response(await service.parking(
@@ -280,6 +292,8 @@ def build_app(runtime: Runtime) -> web.Application:
         web.post("/api/v1/documents/{id}/retry", retry),
         web.post("/api/v1/documents/{id}/cancel", cancel),
         web.post("/api/v1/documents/{id}/actions/{action}", action),
+        web.get("/api/v1/entities/{siren}/classification", get_classification),
+        web.post("/api/v1/entities/{siren}/classification", refresh_classification),
         web.get("/api/v1/parking", parking),
         web.post("/api/v1/parking/replay", replay),
         web.get("/api/v1/openapi.json", openapi_json),

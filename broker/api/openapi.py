@@ -85,6 +85,15 @@ def build() -> dict[str, Any]:
                 "parameters": [doc_id, _param("action", "path")],
                 "responses": {"200": _json(m.DocumentOut), **_ERRORS,
                               "409": _json(m.ErrorOut, "not possible in this state")}}},
+            "/api/v1/entities/{siren}/classification": {
+                "get": {"summary": "The entity's current classification (ACTES: from 7-2)",
+                        "parameters": [_param("siren", "path"), _param("flow")],
+                        "responses": {"200": {"description": "version date and codes"},
+                                      **_ERRORS}},
+                "post": {"summary": "Fetch it again from the peer (the TdT) and keep it",
+                         "parameters": [_param("siren", "path"), _param("flow")],
+                         "responses": {"200": {"description": "version date and codes"},
+                                       **_ERRORS, "502": _json(m.ErrorOut, "peer failed")}}},
             "/api/v1/parking": {"get": {
                 "summary": "Failed documents parked with their last error",
                 "parameters": [_param(p) for p in ("entity", "flow", "limit", "cursor")],

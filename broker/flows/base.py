@@ -70,6 +70,8 @@ class Flow:
     # Actions a person may ask of a completed document: name -> (step, metadata key that
     # must be present), e.g. ACTES "annuler" -> ("cancel", "id_acte").
     actions: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # Connector that serves the entity's current classification for this flow, if any.
+    classification_from: str | None = None
 
     def step(self, name: str) -> Step:
         for step in self.steps:
