@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from connectors.base import Connector
 from connectors.depot.connector import DepotConnector
+from connectors.parapheur.connector import ParapheurConnector
+from connectors.sae.connector import SaeConnector
 
 
 def all_connectors() -> dict[str, Connector]:
-    connectors: list[Connector] = [DepotConnector()]
+    connectors: list[Connector] = [DepotConnector(), ParapheurConnector(), SaeConnector()]
     return {c.name: c for c in connectors}

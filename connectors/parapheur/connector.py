@@ -1,0 +1,392 @@
+"""The ``sign`` step: have a document signed in i-Parapheur and bring the result back.
+
+Runs and polls of one step follow the dossier through its life:
+
+1. No dossier yet: ``GetHistoDossier`` on the DossierID derived from the
+   document id (a crash right after ``CreerDossier`` must not create a second
+   one), then ``CreerDossier``; the id is saved at once; ``Pending``.
+2. In circuit: ``Pending`` until the circuit ends; past the ``DateLimite`` we
+   sent, a PermanentError.
+3. ``Archive`` (signed): ``GetDossier``, store the signed PDF and the bordereau
+   with ``save_file``, then only ``ArchiverDossier(EFFACER)``: ``Done``.
+4. ``Rejet*``: keep the bordereau and the annotation, ``EffacerDossierRejete``,
+   ``Rejected`` with the annotation verbatim.
+
+Re-runs after a crash at any point find what was saved (refs, files) and end
+the same way without sending anything twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import PurePath
+from typing import Any
+
+from connectors.base import (
+    Done,
+    FileView,
+    NewFile,
+    Outcome,
+    Pending,
+    PermanentError,
+    Rejected,
+    StepContext,
+)
+from connectors.parapheur.client import ParapheurClient
+from connectors.parapheur.soap import (
+    VISIBILITES,
+    Attachment,
+    DossierExists,
+    DossierUnknown,
+    LogDossier,
+    NewDossier,
+    ParapheurError,
+    ReceivedFile,
+    last_log_with,
+    sanitize_id,
+)
+
+REF_DOSSIER = "parapheur_dossier"
+REF_DATE_LIMITE = "parapheur_date_limite"
+REF_SIGNATURE = "parapheur_signature"  # JSON, saved before ArchiverDossier
+REF_REJET = "parapheur_rejet"  # JSON, saved before EffacerDossierRejete
+
+ROLE_SIGNED = "acte_signe"
+ROLE_BORDEREAU = "bordereau_signature"
+ROLE_SIGNATURE = "signature"  # detached CAdES, for PKCS7 types
+
+FINISHED = "Archive"
+SIGNED_STATUSES = frozenset({"Signe", "SignatairePapier", "CachetOK", "Vise"})
+DEFAULT_DEADLINE_DAYS = 30
+DEFAULT_POLL_INTERVAL = 600.0  # Pastell checks every 10 minutes
+
+
+@dataclass(frozen=True)
+class ParapheurSettings:
+    url: str
+    type_technique: str
+    sous_type: str
+    login: str | None = None
+    password: str | None = None
+    deadline_days: int = DEFAULT_DEADLINE_DAYS
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    visibilite: str = "SERVICE"
+    timeout: float = 120.0
+    email_emetteur: str | None = None
+    # i-Parapheur metadata name -> key of the document's metadata.
+    metadata: Mapping[str, str] | None = None
+
+
+def _positive(config: Mapping[str, Any], key: str, default: float, entity: str) -> float:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise PermanentError(
+            f"entity {entity}: connectors.parapheur.{key} must be a positive number, got {value!r}"
+        )
+    return float(value)
+
+
+def _required(config: Mapping[str, Any], key: str, entity: str) -> str:
+    value = config.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise PermanentError(f"entity {entity}: connectors.parapheur.{key} is not configured")
+    return value.strip()
+
+
+def parapheur_settings(config: Mapping[str, Any], entity: str) -> ParapheurSettings:
+    """The entity's parapheur configuration, or a PermanentError saying what to fix."""
+    url = _required(config, "url", entity)
+    if not url.startswith(("http://", "https://")):
+        raise PermanentError(
+            f"entity {entity}: connectors.parapheur.url must be an http(s) URL, got {url!r}"
+        )
+    visibilite = str(config.get("visibilite", "SERVICE")).upper()
+    if visibilite not in VISIBILITES:
+        raise PermanentError(
+            f"entity {entity}: connectors.parapheur.visibilite must be one of "
+            f"{', '.join(VISIBILITES)}, got {visibilite!r}"
+        )
+    metadata = config.get("metadata")
+    if metadata is not None and not (
+        isinstance(metadata, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        raise PermanentError(
+            f"entity {entity}: connectors.parapheur.metadata must map parapheur metadata "
+            "names to document metadata keys"
+        )
+    login = config.get("login")
+    password = config.get("password")
+    email = config.get("email_emetteur")
+    return ParapheurSettings(
+        url=url,
+        type_technique=_required(config, "type", entity),
+        sous_type=_required(config, "sous_type", entity),
+        login=str(login) if login else None,
+        password=str(password) if password else None,
+        deadline_days=int(_positive(config, "deadline_days", DEFAULT_DEADLINE_DAYS, entity)),
+        poll_interval=_positive(config, "poll_interval", DEFAULT_POLL_INTERVAL, entity),
+        visibilite=visibilite,
+        timeout=_positive(config, "timeout", 120.0, entity),
+        email_emetteur=str(email) if email else None,
+        metadata=metadata,
+    )
+
+
+def document_to_sign(ctx: StepContext) -> FileView:
+    """The ACTES main document (role ``acte``), else the first ``document`` file."""
+    for role in ("acte", "document"):
+        found = ctx.files_with_role(role)
+        if found:
+            return found[0]
+    raise PermanentError(
+        f"document {ctx.document_id} has no file to sign (role 'acte' or 'document')"
+    )
+
+
+def dossier_id_for(document_id: str, source: FileView) -> str:
+    """Deterministic: the same document always maps to the same DossierID."""
+    return sanitize_id(f"{document_id}_{PurePath(source.name).stem}", limit=100)
+
+
+def _stem(ctx: StepContext) -> str:
+    try:
+        return PurePath(document_to_sign(ctx).name).stem or "document"
+    except PermanentError:
+        return "document"
+
+
+def _suffix(content_type: str, default: str) -> str:
+    return {"application/pdf": ".pdf", "text/xml": ".xml", "application/xml": ".xml"}.get(
+        content_type.split(";")[0].strip().lower(), default
+    )
+
+
+class ParapheurConnector:
+    """Signature in i-Parapheur through its v4 SOAP web services."""
+
+    name = "parapheur"
+    steps = frozenset({"sign"})
+
+    def __init__(self, today: Callable[[], date] = date.today) -> None:
+        self._today = today
+
+    async def run(self, ctx: StepContext) -> Outcome:
+        if ctx.step not in self.steps:
+            raise PermanentError(f"the parapheur connector has no step {ctx.step!r}")
+        if REF_REJET in ctx.refs:  # rejected and deleted on the parapheur: only the commit was lost
+            return _rejected(json.loads(ctx.refs[REF_REJET]))
+        settings = parapheur_settings(ctx.config, ctx.entity)
+        client = ParapheurClient(
+            ctx.http, settings.url, settings.login, settings.password, settings.timeout
+        )
+        known = ctx.refs.get(REF_DOSSIER)
+        dossier_id = known or dossier_id_for(ctx.document_id, document_to_sign(ctx))
+        try:
+            history = await ctx.call(lambda: client.get_histo_dossier(dossier_id))
+        except DossierUnknown as exc:
+            if ctx.files_with_role(ROLE_SIGNED):
+                return _already_archived(ctx, dossier_id)
+            if known:
+                raise PermanentError(
+                    f"dossier {dossier_id} is no longer on the parapheur (deleted by hand?) "
+                    f"and no signed document was received: {exc.detail}"
+                ) from exc
+            return await self._create(ctx, client, settings, dossier_id)
+        if not known:
+            await _save_ref(ctx, REF_DOSSIER, dossier_id)  # found after a crash: adopt it
+        return await self._follow(ctx, client, settings, dossier_id, history)
+
+    async def _create(
+        self,
+        ctx: StepContext,
+        client: ParapheurClient,
+        settings: ParapheurSettings,
+        dossier_id: str,
+    ) -> Outcome:
+        source = document_to_sign(ctx)
+        date_limite = self._today() + timedelta(days=settings.deadline_days)
+        new = NewDossier(
+            dossier_id=dossier_id,
+            type_technique=settings.type_technique,
+            sous_type=settings.sous_type,
+            document=Attachment(source.path, source.content_type, source.name),
+            visibilite=settings.visibilite,
+            date_limite=date_limite,
+            annexes=tuple(
+                Attachment(f.path, f.content_type, sanitize_id(f.name))
+                for f in ctx.files_with_role("annexe")
+            ),
+            metadata=_metadata(ctx, settings),
+            email_emetteur=settings.email_emetteur,
+            annotation_publique=_objet(ctx),
+        )
+        try:
+            created = await ctx.call(lambda: client.creer_dossier(new))
+        except DossierExists:
+            # A lost answer to our own CreerDossier: follow the dossier it created.
+            history = await ctx.call(lambda: client.get_histo_dossier(dossier_id))
+            await _save_ref(ctx, REF_DOSSIER, dossier_id)
+            await _save_ref(ctx, REF_DATE_LIMITE, date_limite.isoformat())
+            return await self._follow(ctx, client, settings, dossier_id, history)
+        await _save_ref(ctx, REF_DOSSIER, created)
+        await _save_ref(ctx, REF_DATE_LIMITE, date_limite.isoformat())
+        return Pending(
+            poll_after=settings.poll_interval,
+            remote_ref=created,
+            note=f"dossier {created} created in {settings.type_technique}/{settings.sous_type}",
+        )
+
+    async def _follow(
+        self,
+        ctx: StepContext,
+        client: ParapheurClient,
+        settings: ParapheurSettings,
+        dossier_id: str,
+        history: list[LogDossier],
+    ) -> Outcome:
+        last = history[-1]
+        if last.status == FINISHED:
+            return await _finish_signed(ctx, client, dossier_id, history)
+        if last.status.startswith("Rejet"):
+            return await _finish_rejected(ctx, client, dossier_id, last)
+        limit = ctx.refs.get(REF_DATE_LIMITE)
+        if limit and self._today() > date.fromisoformat(limit):
+            raise PermanentError(
+                f"dossier {dossier_id} passed its DateLimite {limit} on the parapheur without "
+                f"being signed (last status {last.status} by {last.nom or '?'} at "
+                f"{last.timestamp}); sign or reject it there, or send the document again"
+            )
+        return Pending(
+            poll_after=settings.poll_interval,
+            remote_ref=dossier_id,
+            note=f"{last.status}: {last.annotation}".rstrip(": "),
+        )
+
+
+async def _save_ref(ctx: StepContext, key: str, value: str) -> None:
+    if ctx.save_ref is not None:
+        await ctx.save_ref(key, value)
+
+
+async def _store(ctx: StepContext, role: str, name: str, file: ReceivedFile) -> str:
+    if ctx.save_file is None:
+        raise PermanentError(
+            "the parapheur connector needs save_file: the signed document must be stored "
+            "before the parapheur deletes it"
+        )
+    content_type = file.content_type or "application/octet-stream"
+    stored = await ctx.save_file(NewFile(role, name, file.path, content_type))
+    return stored.name
+
+
+async def _finish_signed(
+    ctx: StepContext, client: ParapheurClient, dossier_id: str, history: list[LogDossier]
+) -> Outcome:
+    dossier = await ctx.call(lambda: client.get_dossier(dossier_id, ctx.workdir))
+    if dossier.doc_principal is None:
+        raise PermanentError(
+            f"parapheur GetDossier: dossier {dossier_id} is finished but carries no DocPrincipal"
+        )
+    stem = _stem(ctx)
+    signed = dossier.doc_principal
+    # Stored before anything is deleted on the parapheur: the signature is not kept twice.
+    signed_name = await _store(
+        ctx, ROLE_SIGNED, f"{stem}-signe{_suffix(signed.content_type, '.pdf')}", signed
+    )
+    bordereau_name = None
+    if dossier.bordereau is not None:
+        bordereau_name = await _store(
+            ctx, ROLE_BORDEREAU, f"{stem}-bordereau.pdf", dossier.bordereau.file
+        )
+    if dossier.signature is not None:
+        await _store(ctx, ROLE_SIGNATURE, f"{stem}.p7s", dossier.signature)
+    signer = last_log_with(history, SIGNED_STATUSES) or history[-1]
+    summary = {
+        "dossier_id": dossier_id,
+        "signer": signer.nom,
+        "date": signer.timestamp,
+        "status": signer.status,
+        "annotation": signer.annotation,
+        "type": dossier.type_technique,
+        "sous_type": dossier.sous_type,
+        "signed_file": signed_name,
+        "bordereau": bordereau_name,
+    }
+    await _save_ref(ctx, REF_SIGNATURE, json.dumps(summary, ensure_ascii=False))
+    # DossierUnknown: an earlier try's answer was lost, the dossier is gone already.
+    with contextlib.suppress(DossierUnknown):
+        await ctx.call(lambda: client.archiver_dossier(dossier_id, "EFFACER"))
+    return Done(metadata={"signature": summary}, note=f"signed by {signer.nom or '?'}")
+
+
+def _already_archived(ctx: StepContext, dossier_id: str) -> Done:
+    saved = ctx.refs.get(REF_SIGNATURE)
+    summary: dict[str, Any] = json.loads(saved) if saved else {"dossier_id": dossier_id}
+    return Done(metadata={"signature": summary}, note="signed; already removed from the parapheur")
+
+
+async def _finish_rejected(
+    ctx: StepContext, client: ParapheurClient, dossier_id: str, last: LogDossier
+) -> Outcome:
+    await _keep_bordereau(ctx, client, dossier_id)
+    rejection = {
+        "dossier_id": dossier_id,
+        "status": last.status,
+        "by": last.nom,
+        "date": last.timestamp,
+        "annotation": last.annotation,
+    }
+    await _save_ref(ctx, REF_REJET, json.dumps(rejection, ensure_ascii=False))
+    with contextlib.suppress(DossierUnknown):
+        await ctx.call(lambda: client.effacer_dossier_rejete(dossier_id))
+    return _rejected(rejection)
+
+
+async def _keep_bordereau(ctx: StepContext, client: ParapheurClient, dossier_id: str) -> None:
+    """The rejection's bordereau, when the parapheur gives one (a nicety, never blocking)."""
+    if ctx.save_file is None:
+        return
+    try:
+        dossier = await ctx.call(lambda: client.get_dossier(dossier_id, ctx.workdir))
+    except ParapheurError:
+        return
+    if dossier.bordereau is not None:
+        await _store(ctx, ROLE_BORDEREAU, f"{_stem(ctx)}-bordereau.pdf", dossier.bordereau.file)
+
+
+def _rejected(rejection: Mapping[str, Any]) -> Rejected:
+    annotation = str(rejection.get("annotation") or "")
+    reason = annotation or (
+        f"rejected on the parapheur ({rejection.get('status')}) by "
+        f"{rejection.get('by') or '?'} without annotation"
+    )
+    return Rejected(reason=reason, metadata={"signature": dict(rejection)})
+
+
+def _objet(ctx: StepContext) -> str | None:
+    objet = ctx.metadata.get("objet")
+    return objet if isinstance(objet, str) and objet else None
+
+
+def _metadata(ctx: StepContext, settings: ParapheurSettings) -> dict[str, str]:
+    if not settings.metadata:
+        return {}
+    return {
+        name: str(ctx.metadata[key])
+        for name, key in settings.metadata.items()
+        if ctx.metadata.get(key) not in (None, "")
+    }
+
+
+__all__ = [
+    "ParapheurConnector",
+    "ParapheurSettings",
+    "document_to_sign",
+    "dossier_id_for",
+    "parapheur_settings",
+]
