@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import sys
@@ -20,6 +21,8 @@ from broker.settings import Settings
 from broker.store.db import make_engine
 
 T = TypeVar("T")
+
+SIMULATORS = ["gf", "parapheur", "tdt", "asalae"]
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -91,15 +94,32 @@ def relay(ctx: click.Context) -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("peer", type=click.Choice(["gf"]))
+@click.argument("peer", type=click.Choice(SIMULATORS))
 @click.option("--port", type=int, default=0)
 @click.option("--host", default="127.0.0.1")
 @click.pass_context
 def simulate(ctx: click.Context, peer: str, port: int, host: str) -> None:
     """Run a peer simulator (extra options go to the simulator, e.g. --fault 503:0.2)."""
-    from simulators import gf
+    module = importlib.import_module(f"simulators.{peer}")
+    module.main(["--host", host, "--port", str(port), *ctx.args])
 
-    gf.main(["--host", host, "--port", str(port), *ctx.args])
+
+@main.command()
+@click.argument("flow", type=click.Choice(["actes"]))
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def validate(flow: str, path: Path) -> None:
+    """Check an ACTES envelope (tar.gz) or message (XML); print every problem, exit 1 if any."""
+    from connectors.actes.validate import validate_path
+
+    problems = validate_path(path)
+    for problem in problems:
+        click.echo(f"{path.name}: {problem.field}: {problem.message}")
+    if problems:
+        click.echo(f"{len(problems)} problem(s)", err=True)
+        sys.exit(1)
+    click.echo(f"{path.name}: valid {flow}")
+
+
 
 
 @main.command()
@@ -267,6 +287,22 @@ def status(document_id: str, with_journal: bool, api_url: str, token: str) -> No
         doc["journal"] = _run(_call(api_url, token, "GET",
                                     f"/api/v1/documents/{document_id}/journal"))
     _echo(doc)
+
+
+@main.group()
+def classification() -> None:
+    """Entities' classifications (ACTES nomenclature served by the TdT)."""
+
+
+@classification.command("refresh")
+@click.argument("siren")
+@click.option("--flow", default="actes", show_default=True)
+@_api_options
+def classification_refresh(siren: str, flow: str, api_url: str, token: str) -> None:
+    """Fetch the entity's current classification from its peer and keep it."""
+    result = _run(_call(api_url, token, "POST", f"/api/v1/entities/{siren}/classification",
+                        params={"flow": flow}))
+    click.echo(f"{siren}: classification of {result['version_date']} kept")
 
 
 @main.group()

@@ -6,6 +6,8 @@ import asyncio
 import json
 import sys
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import aiohttp
@@ -15,6 +17,7 @@ from broker.serve import Roles, run
 from broker.settings import Settings
 from broker.store.db import make_engine
 from broker.store.migrate import upgrade
+from simulators.samples import simple_pdf
 
 SAMPLE_ENTITY = "214000150"
 SAMPLE_NAME = "Commune d'exemple"
@@ -24,27 +27,62 @@ def _say(key: str, value: str) -> None:
     print(f"{key}={value}", flush=True)
 
 
-async def start_simulator(module: str, *args: str) -> tuple[asyncio.subprocess.Process, str]:
-    """Start ``python -m simulators.<module>`` on a free port; return it and its URL."""
+@dataclass
+class Simulator:
+    proc: asyncio.subprocess.Process
+    url: str
+    # KEY=VALUE lines printed before LISTENING (certificate paths...).
+    info: dict[str, str]
+
+
+async def start_simulator(module: str, *args: str) -> Simulator:
+    """Start ``python -m simulators.<module>`` on a free port."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", f"simulators.{module}", "--port", "0", *args,
         stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
-    if not line.startswith("LISTENING "):
-        proc.kill()
-        raise RuntimeError(f"simulator {module} did not start: {line!r}")
-    return proc, line.split(" ", 1)[1]
+    info: dict[str, str] = {}
+    while True:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+        if line.startswith("LISTENING "):
+            return Simulator(proc, line.split(" ", 1)[1], info)
+        key, sep, value = line.partition("=")
+        if not sep:
+            proc.kill()
+            raise RuntimeError(f"simulator {module} did not start: {line!r}")
+        info[key] = value
 
 
-async def _prepare(settings: Settings, gf_url: str) -> tuple[str, str]:
+def connectors_config(sims: dict[str, Simulator]) -> dict[str, Any]:
+    """The sample entity's endpoints on the running simulators."""
+    tdt = sims["tdt"].info
+    return {
+        "depot": {"url": f"{sims['gf'].url}/inbox"},
+        "parapheur": {"url": f"{sims['parapheur'].url}/ws-iparapheur-no-mtom",
+                      "type": "ACTES", "sous_type": "Deliberation"},
+        "tdt": {"url": sims["tdt"].url, "cert": tdt["TDT_CLIENT_CERT"],
+                "key": tdt["TDT_CLIENT_KEY"], "ca": tdt["TDT_CA"]},
+        "sae": {"url": sims["asalae"].url, "login": "demat", "password": "demat",
+                "archival_agency": "FRAD040", "transferring_agency": SAMPLE_ENTITY,
+                "originating_agency": SAMPLE_ENTITY},
+    }
+
+
+SIMULATORS: dict[str, tuple[str, ...]] = {
+    "gf": (),
+    "parapheur": ("--auto-sign-after", "3"),
+    "tdt": ("--siren", SAMPLE_ENTITY, "--departement", "040", "--ack-after", "1"),
+    "asalae": ("--ack-after", "1", "--atr-after", "1"),
+}
+
+
+async def _prepare(settings: Settings, connectors: dict[str, Any]) -> tuple[str, str]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     await upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
     try:
         async with engine.begin() as conn:
-            await registry.upsert_entity(conn, SAMPLE_ENTITY, SAMPLE_NAME,
-                                         {"depot": {"url": f"{gf_url}/inbox"}})
+            await registry.upsert_entity(conn, SAMPLE_ENTITY, SAMPLE_NAME, connectors)
             operator = await registry.create_token(conn, registry.OPERATOR, label="demo")
             entity = await registry.create_token(conn, registry.ENTITY, SAMPLE_ENTITY, "demo")
     finally:
@@ -52,30 +90,48 @@ async def _prepare(settings: Settings, gf_url: str) -> tuple[str, str]:
     return operator, entity
 
 
+def _samples(count: int) -> list[tuple[str, dict[str, Any], str, str, bytes]]:
+    """(flow, metadata, file role, file name, content) of the sample documents."""
+    today = date.today().isoformat()
+    acts = [("actes", {"nature": "DE", "numero": f"DEMO_{n:03d}", "date": today,
+                       "objet": f"Délibération de démonstration n°{n}", "classification": "1.1",
+                       "signature": n % 2 == 0, "archive": n % 3 == 0},
+             "acte", f"deliberation-{n}.pdf",
+             simple_pdf([f"Délibération de démonstration n°{n}"]))
+            for n in range(1, count + 1)]
+    deposits = [("depot", {"objet": f"Mandat de démonstration {n}", "exercice": 2026},
+                 "document", f"demo-{n}.xml", f"<demo n='{n}'/>".encode())
+                for n in range(1, count + 1)]
+    return acts + deposits
+
+
 async def _submit_samples(api_url: str, token: str, count: int) -> list[str]:
     ids = []
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
-        for n in range(1, count + 1):
+        async with http.post(f"{api_url}/api/v1/entities/{SAMPLE_ENTITY}/classification") as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"classification refresh failed: {await resp.text()}")
+        for flow, metadata, role, name, content in _samples(count):
             form = aiohttp.FormData()
-            form.add_field("flow", "depot")
+            form.add_field("flow", flow)
             form.add_field("entity", SAMPLE_ENTITY)
-            form.add_field("metadata", json.dumps({"objet": f"Mandat de démonstration {n}",
-                                                   "exercice": 2026}))
-            form.add_field("document", f"<demo n='{n}'/>".encode(), filename=f"demo-{n}.xml",
-                           content_type="application/xml")
+            form.add_field("metadata", json.dumps(metadata))
+            form.add_field(role, content, filename=name)
             async with http.post(f"{api_url}/api/v1/documents", data=form) as resp:
                 body: dict[str, Any] = await resp.json()
                 if resp.status != 201:
-                    raise RuntimeError(f"sample submission refused: {body}")
+                    raise RuntimeError(f"sample {flow} document refused: {body}")
                 ids.append(body["id"])
     return ids
 
 
 async def run_demo(settings: Settings, documents: int) -> None:
     async with AsyncExitStack() as stack:
-        gf, gf_url = await start_simulator("gf")
-        stack.callback(gf.terminate)
-        operator, entity_token = await _prepare(settings, gf_url)
+        sims: dict[str, Simulator] = {}
+        for name, args in SIMULATORS.items():
+            sims[name] = await start_simulator(name, *args)
+            stack.callback(sims[name].proc.terminate)
+        operator, entity_token = await _prepare(settings, connectors_config(sims))
         api_url: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
         def announce(key: str, value: str) -> None:
@@ -89,7 +145,8 @@ async def run_demo(settings: Settings, documents: int) -> None:
         _say("TOKEN", operator)
         _say("ENTITY", SAMPLE_ENTITY)
         _say("ENTITY_TOKEN", entity_token)
-        _say("GF_URL", gf_url)
+        for name, sim in sims.items():
+            _say(f"{name.upper()}_URL", sim.url)
         _say("DATA_DIR", str(settings.data_dir.resolve()))
         ids = await _submit_samples(url, operator, documents)
         _say("DOCUMENTS", ",".join(ids))

@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from broker import registry
 from broker.blobs import BlobStore
 from broker.engine import Policies
-from broker.flows import FLOWS, Flow
+from broker.flows.base import Flow
+from broker.flows.registry import FLOWS
 from broker.settings import Settings
 from broker.store.db import make_engine
 from broker.store.migrate import upgrade

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from broker import engine as eng
 from broker import journal, registry
 from broker.blobs import Staged
-from broker.flows import Intake, Problem, UploadedFile
+from broker.flows.base import Intake, Problem, UploadedFile
 from broker.ids import new_id, siren_problem
 from broker.metrics import DOCUMENTS_SUBMITTED
 from broker.outcomes import StepError

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from broker import registry, service
 from broker.api import models, openapi
 from broker.blobs import CHUNK, TooLarge
-from broker.flows import Problem
+from broker.flows.base import Problem
 from broker.metrics import DOCUMENTS_BY_STATE, INTAKE_REFUSED
 from broker.registry import Principal
 from broker.runtime import Runtime

@@ -1,8 +1,5 @@
-"""Declarative flow definitions, one module each."""
+"""Declarative flow definitions, one module each; ``registry.FLOWS`` lists them.
 
-from broker.flows.base import FileRule, Flow, Intake, Problem, Step, UploadedFile
-from broker.flows.depot import DEPOT
-
-FLOWS: dict[str, Flow] = {flow.name: flow for flow in (DEPOT,)}
-
-__all__ = ["DEPOT", "FLOWS", "FileRule", "Flow", "Intake", "Problem", "Step", "UploadedFile"]
+This package init stays empty so that format libraries can import
+``broker.flows.base`` without loading every flow (and the flows import them).
+"""

@@ -321,13 +321,13 @@ async def _finish_signed(
     # DossierUnknown: an earlier try's answer was lost, the dossier is gone already.
     with contextlib.suppress(DossierUnknown):
         await ctx.call(lambda: client.archiver_dossier(dossier_id, "EFFACER"))
-    return Done(metadata={"signature": summary}, note=f"signed by {signer.nom or '?'}")
+    return Done(metadata={"parapheur": summary}, note=f"signed by {signer.nom or '?'}")
 
 
 def _already_archived(ctx: StepContext, dossier_id: str) -> Done:
     saved = ctx.refs.get(REF_SIGNATURE)
     summary: dict[str, Any] = json.loads(saved) if saved else {"dossier_id": dossier_id}
-    return Done(metadata={"signature": summary}, note="signed; already removed from the parapheur")
+    return Done(metadata={"parapheur": summary}, note="signed; already removed from the parapheur")
 
 
 async def _finish_rejected(
@@ -365,7 +365,7 @@ def _rejected(rejection: Mapping[str, Any]) -> Rejected:
         f"rejected on the parapheur ({rejection.get('status')}) by "
         f"{rejection.get('by') or '?'} without annotation"
     )
-    return Rejected(reason=reason, metadata={"signature": dict(rejection)})
+    return Rejected(reason=reason, metadata={"parapheur": dict(rejection)})
 
 
 def _objet(ctx: StepContext) -> str | None:

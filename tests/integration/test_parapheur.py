@@ -219,7 +219,7 @@ async def test_signed_pdf_is_stored_before_the_dossier_is_deleted(step: Step, si
     done = await run(step, config)
 
     assert isinstance(done, Done)
-    signature = done.metadata["signature"]
+    signature = done.metadata["parapheur"]
     assert signature["dossier_id"] == dossier_id
     assert signature["signer"] == "Marie Martin" and signature["status"] == "Signe"
     assert signature["signed_file"] == "deliberation-signe.pdf"
@@ -299,8 +299,8 @@ async def test_rejection_keeps_the_annotation_verbatim(step: Step, sim: Sim) -> 
 
     assert isinstance(rejected, Rejected)
     assert rejected.reason == ANNOTATION
-    assert rejected.metadata["signature"]["status"] == "RejetSignataire"
-    assert rejected.metadata["signature"]["by"] == "Marie Martin"
+    assert rejected.metadata["parapheur"]["status"] == "RejetSignataire"
+    assert rejected.metadata["parapheur"]["by"] == "Marie Martin"
     assert sim.ops()[-3:] == ["GetHistoDossier:OK", "GetDossier:OK", "EffacerDossierRejete:OK"]
     assert sim.stats["deleted"] == 1 and sim.stats["rejected"] == 1
     assert sim.parapheur.dossiers == {}
@@ -451,7 +451,7 @@ async def test_signing_by_hand_on_the_web_page(step: Step, sim: Sim) -> None:
     assert await sim.post_form(f"/dossiers/{dossier_id}/sign", annotation="Vu et signé") == 303
 
     done = await run(step, config)
-    assert isinstance(done, Done) and done.metadata["signature"]["annotation"] == "Vu et signé"
+    assert isinstance(done, Done) and done.metadata["parapheur"]["annotation"] == "Vu et signé"
     assert await sim.post_form(f"/dossiers/{dossier_id}/sign") == 404  # gone after archiving
 
 

@@ -1,0 +1,341 @@
+"""The ``transmit`` and ``cancel`` steps of an ACTES act through an S²LOW-style TdT.
+
+Nothing is sent twice. The transaction id is saved (``tdt_transaction``) the moment
+the TdT returns it; for the window between the TdT creating it and that save (a
+crash, a lost answer), an intent mark (``tdt_create_started``, the day) is saved
+before the create call, and any run that finds the mark, or any in-call retry,
+first looks the act up at the TdT (``api/list_actes.php``, by its number and
+decision date) and adopts the transaction found. S²LOW itself refuses a second act
+with the same number; that answer also leads to the look-up. Cancellation works the
+same way (``tdt_cancel``, ``tdt_cancel_started``).
+
+Entity configuration (``connectors.tdt``): ``url`` (https), ``cert``, ``key`` (PEM
+paths of the TLS client certificate), ``ca`` (the TdT's CA, PEM; system CAs without
+it), optional ``login``/``password`` (HTTP Basic), ``timeout`` (s), ``poll_after``
+(s, default 30), ``en_attente`` (post in waiting mode, status 17).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+from pydantic import ValidationError
+
+from broker.xmlsafe import XmlError
+from connectors.actes.classification import read_classification
+from connectors.actes.messages import AnomalieActe, AnomalieEnveloppe, ARActe, read_message
+from connectors.actes.messages import ARAnnulation as ARAnnulationMessage
+from connectors.actes.problems import MessageError, problems_from
+from connectors.actes.rules import ActeMetadata
+from connectors.actes.tdt_client import (
+    DUPLICATE_NUMBER_KO,
+    PENDING_CANCEL_KO,
+    ActeSubmission,
+    Attachment,
+    TdtClient,
+    TransactionStatus,
+    TransactionSummary,
+    tdt_settings,
+)
+from connectors.actes.xmlbind import ActesModel
+from connectors.base import (
+    Done,
+    FileView,
+    NewFile,
+    Outcome,
+    Pending,
+    PermanentError,
+    Rejected,
+    StepContext,
+)
+
+TRANSACTION_REF = "tdt_transaction"
+CREATE_MARK = "tdt_create_started"
+CANCEL_REF = "tdt_cancel"
+CANCEL_MARK = "tdt_cancel_started"
+
+# TdT statuses of a transaction still on its way (posted, checked, sent, waiting).
+IN_PROGRESS = frozenset({1, 2, 3, 17, 18})
+# Acknowledged by the préfecture, then possibly validated or archived.
+ACKNOWLEDGED = frozenset({4, 5, 12, 13, 14, 15, 19, 20, 22})
+# Error (an anomaly from the préfecture, or the TdT's), refused, refused to send.
+REFUSED = frozenset({-1, 6, 10})
+# Without an intent mark (no save_ref), the look-up covers this many days.
+LOOKUP_DAYS = 31
+DEFAULT_POLL = 30.0
+
+
+def _poll_after(config: Mapping[str, Any]) -> float:
+    value = config.get("poll_after", DEFAULT_POLL)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise PermanentError(f"connectors.tdt.poll_after must be positive seconds, got {value!r}")
+    return float(value)
+
+
+def _file_name(name: str) -> str:
+    """A name S²LOW takes as is (it renames the files in the archive anyway)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "fichier"
+
+
+def submission(ctx: StepContext) -> ActeSubmission:
+    """The create call's fields and files; PermanentError naming what is missing or wrong."""
+    known = {k: v for k, v in ctx.metadata.items() if k in ActeMetadata.model_fields}
+    try:
+        meta = ActeMetadata.model_validate(known)
+    except ValidationError as exc:
+        listed = "; ".join(f"{p.field}: {p.message}" for p in problems_from(exc))
+        raise PermanentError(
+            f"document {ctx.document_id}: metadata not fit for ACTES: {listed}"
+        ) from exc
+    # The signed version, when there is one, is the act that goes to the préfecture.
+    acts = ctx.files_with_role("acte_signe") or ctx.files_with_role("acte")
+    if len(acts) != 1:
+        raise PermanentError(
+            f"document {ctx.document_id}: expected one file with role 'acte' (or 'acte_signe'), "
+            f"found {len(acts)}"
+        )
+    annexes = ctx.files_with_role("annexe")
+
+    def attach(view: FileView) -> Attachment:
+        return Attachment(view.path, _file_name(view.name), view.content_type)
+
+    return ActeSubmission(
+        nature_code=meta.nature,
+        number=meta.numero,
+        subject=meta.objet,
+        decision_date=meta.date,
+        classification=tuple(meta.classification.split(".")),
+        type_acte=meta.piece_type,
+        acte=attach(acts[0]),
+        annexes=tuple(attach(a) for a in annexes),
+        type_pj=tuple(meta.annex_types(len(annexes))),
+        en_attente=bool(ctx.config.get("en_attente", False)),
+    )
+
+
+def _read(xml: bytes, what: str) -> ActesModel:
+    try:
+        return read_message(xml)
+    except (XmlError, MessageError) as exc:
+        raise PermanentError(f"the TdT's {what} cannot be read: {exc}") from exc
+
+
+async def _keep(ctx: StepContext, role: str, name: str, data: bytes) -> tuple[NewFile, ...]:
+    """Store a message from the TdT at once; the files for the outcome when that is not possible."""
+    path = ctx.workdir / name
+    await asyncio.to_thread(path.write_bytes, data)
+    new = NewFile(role=role, name=name, path=path, content_type="application/xml")
+    if ctx.save_file is None:
+        return (new,)
+    await ctx.save_file(new)
+    return ()
+
+
+async def _save(ctx: StepContext, key: str, value: str) -> None:
+    if ctx.save_ref is not None:
+        await ctx.save_ref(key, value)
+
+
+async def _once(
+    ctx: StepContext,
+    mark: str,
+    look_up: Callable[[dt.date | None], Awaitable[TransactionSummary | None]],
+    create: Callable[[], Awaitable[str]],
+    duplicate_ko: str,
+) -> str:
+    """Create at the TdT at most once: look up first whenever an earlier try may have created."""
+    started = ctx.refs.get(mark)
+    today = dt.date.today()
+    # Without a way to record intent, every run may follow a lost create: always look up.
+    earlier = started is not None or ctx.save_ref is None
+    since = (
+        dt.date.fromisoformat(started) - dt.timedelta(days=1)
+        if started
+        else today - dt.timedelta(days=LOOKUP_DAYS)
+    )
+    if started is None:
+        await _save(ctx, mark, today.isoformat())
+    tries = 0
+
+    async def one_try() -> str:
+        nonlocal tries
+        tries += 1
+        if earlier or tries > 1:
+            found = await look_up(since)
+            if found is not None:
+                return found.id
+        try:
+            return await create()
+        except PermanentError as exc:
+            if duplicate_ko not in exc.message:
+                raise
+            found = await look_up(None)
+            if found is None:
+                raise
+            return found.id
+
+    return await ctx.call(one_try)
+
+
+class TdtActesConnector:
+    """Sends acts to the contrôle de légalité through the entity's TdT, and cancels them."""
+
+    name = "tdt"
+    steps = frozenset({"transmit", "cancel"})
+
+    async def run(self, ctx: StepContext) -> Outcome:
+        if ctx.step not in self.steps:
+            raise PermanentError(f"the tdt connector has no step {ctx.step!r}")
+        client = TdtClient(ctx.http, tdt_settings(ctx.config, ctx.entity))
+        poll = _poll_after(ctx.config)
+        if ctx.step == "transmit":
+            return await self._transmit(ctx, client, poll)
+        return await self._cancel(ctx, client, poll)
+
+    async def fetch_classification(
+        self, config: Mapping[str, Any], http: aiohttp.ClientSession
+    ) -> tuple[str, dict[str, Any]]:
+        """The entity's current classification at the TdT: (date, JSON as stored)."""
+        client = TdtClient(http, tdt_settings(config, None))
+        xml = await client.fetch_classification()
+        try:
+            classification = read_classification(xml)
+        except (XmlError, ValueError) as exc:
+            raise PermanentError(f"{client.what}: unreadable classification: {exc}") from exc
+        data: dict[str, Any] = json.loads(classification.to_json())
+        return classification.date.isoformat(), data
+
+    # -- transmit ------------------------------------------------------------------------
+
+    async def _transmit(self, ctx: StepContext, client: TdtClient, poll: float) -> Outcome:
+        transaction = ctx.refs.get(TRANSACTION_REF)
+        if transaction is None:
+            act = submission(ctx)
+
+            async def look_up(since: dt.date | None) -> TransactionSummary | None:
+                return await client.find_transaction(
+                    act.number, decision_date=act.decision_date, min_date=since
+                )
+
+            transaction = await _once(
+                ctx,
+                CREATE_MARK,
+                look_up,
+                lambda: client.create_transaction(act),
+                DUPLICATE_NUMBER_KO,
+            )
+            await _save(ctx, TRANSACTION_REF, transaction)
+            return Pending(poll, remote_ref=transaction, note=f"TdT transaction {transaction}")
+        tid = transaction
+        status = await ctx.call(lambda: client.get_status(tid))
+        if status.code in IN_PROGRESS:
+            return Pending(poll, remote_ref=tid, note=f"TdT status {status.code} ({status.label})")
+        if status.code in ACKNOWLEDGED or status.code == 0:
+            return await self._acknowledged(ctx, client, status)
+        if status.code in REFUSED:
+            return await self._refused(ctx, status)
+        raise PermanentError(
+            f"{client.what}: transaction {tid} has status {status.code} ({status.label}), "
+            "not one of an act transmission"
+        )
+
+    async def _acknowledged(
+        self, ctx: StepContext, client: TdtClient, status: TransactionStatus
+    ) -> Done:
+        tid = status.transaction
+        xml = status.xml if status.code == 4 else None
+        if xml is None:
+            xml = await ctx.call(lambda: client.get_aracte(tid))
+        message = _read(xml, "ARActe")
+        if not isinstance(message, ARActe):
+            raise PermanentError(f"{client.what}: expected an ARActe, got {message.ROOT}")
+        files = await _keep(ctx, "aracte", f"{_file_name(message.id_acte)}-1-2.xml", xml)
+        date_ar = message.date_reception.isoformat()
+        return Done(
+            metadata={
+                "id_acte": message.id_acte,
+                "tdt": {"transaction": tid, "status": status.code, "date_ar": date_ar},
+            },
+            files=files,
+            note=f"acknowledged on {date_ar} as {message.id_acte}",
+        )
+
+    async def _refused(self, ctx: StepContext, status: TransactionStatus) -> Rejected:
+        details: dict[str, Any] = {"transaction": status.transaction, "status": status.code}
+        if status.message:
+            details["message"] = status.message
+        files: tuple[NewFile, ...] = ()
+        reason = f"TdT status {status.code} ({status.label})"
+        if status.message:
+            reason = f"{reason}: {status.message}"
+        if status.xml is not None:
+            message = _read(status.xml, "anomaly")
+            if isinstance(message, AnomalieActe | AnomalieEnveloppe):
+                # The préfecture's own words: its nature code and detail.
+                reason = f"{message.ROOT} {message.nature} : {message.detail or '(no detail)'}"
+                details["anomalie"] = {
+                    "type": message.ROOT,
+                    "nature": message.nature,
+                    "detail": message.detail,
+                }
+                number = _file_name(str(ctx.metadata.get("numero", ctx.document_id)))
+                files = await _keep(ctx, "anomalie", f"{message.ROOT}-{number}.xml", status.xml)
+        return Rejected(reason=reason, metadata={"tdt": details}, files=files)
+
+    # -- cancel --------------------------------------------------------------------------
+
+    async def _cancel(self, ctx: StepContext, client: TdtClient, poll: float) -> Outcome:
+        act = ctx.refs.get(TRANSACTION_REF)
+        id_acte = ctx.metadata.get("id_acte")
+        if not act or not isinstance(id_acte, str):
+            raise PermanentError(
+                f"document {ctx.document_id}: cancelling needs an acknowledged act "
+                "(metadata id_acte and the TdT transaction)"
+            )
+        cancellation = ctx.refs.get(CANCEL_REF)
+        if cancellation is None:
+            number = str(ctx.metadata.get("numero") or id_acte.split("-")[3])
+
+            async def look_up(since: dt.date | None) -> TransactionSummary | None:
+                return await client.find_transaction(
+                    number, kind="6", min_date=since, statuses=(1, 2, 3, 17, 4, -1)
+                )
+
+            cancellation = await _once(
+                ctx, CANCEL_MARK, look_up, lambda: client.cancel(act), PENDING_CANCEL_KO
+            )
+            await _save(ctx, CANCEL_REF, cancellation)
+            return Pending(poll, remote_ref=cancellation, note=f"cancellation {cancellation}")
+        cid = cancellation
+        status = await ctx.call(lambda: client.get_status(cid))
+        if status.code in IN_PROGRESS:
+            return Pending(poll, remote_ref=cid, note=f"TdT status {status.code} ({status.label})")
+        if status.code == 4 and status.xml is not None:
+            message = _read(status.xml, "ARAnnulation")
+            if not isinstance(message, ARAnnulationMessage):
+                raise PermanentError(f"{client.what}: expected an ARAnnulation, got {message.ROOT}")
+            name = f"{_file_name(message.id_acte)}-6-2.xml"
+            files = await _keep(ctx, "arannulation", name, status.xml)
+            received = message.date_reception.isoformat()
+            return Done(
+                metadata={
+                    "annulation": {
+                        "id_acte": message.id_acte,
+                        "date_reception": received,
+                        "transaction": cid,
+                    }
+                },
+                files=files,
+                note=f"cancellation acknowledged on {received}",
+            )
+        if status.code in REFUSED:
+            return await self._refused(ctx, status)
+        raise PermanentError(
+            f"{client.what}: cancellation {cid} has status {status.code} ({status.label})"
+        )

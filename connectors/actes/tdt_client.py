@@ -1,0 +1,638 @@
+"""Wire protocol of an S²LOW-style TdT (tiers de télétransmission) for ACTES.
+
+HTTPS with a TLS client certificate (optionally plus HTTP Basic login), under
+``<url>/modules/actes/``. Answers of the ``api=1`` scripts are text: a first
+line ``OK`` or ``KO``, then the payload (a transaction id, a numeric status
+followed by the message the préfecture sent...) or the TdT's error message,
+in ISO-8859-1. ``KO`` and HTTP errors become Permanent/TransientError quoting
+the TdT's words; nothing here retries (the connector wraps calls in ``ctx.call``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import ssl
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+from connectors.base import PermanentError, TransientError, error_for_status, transient_from
+
+ACTES = "/modules/actes"
+
+STATUS_LABELS: Mapping[int, str] = {
+    -1: "Erreur",
+    0: "Annulé",
+    1: "Posté",
+    2: "En attente de transmission",
+    3: "Transmis",
+    4: "Acquittement reçu",
+    5: "Validé",
+    6: "Refusé",
+    7: "Document reçu",
+    8: "Acquittement envoyé",
+    9: "Document envoyé",
+    10: "Refus d'envoi",
+    11: "Acquittement de document reçu",
+    12: "Envoyé au SAE",
+    13: "Archivé par le SAE",
+    14: "Erreur lors de l'archivage",
+    15: "Reçu par le SAE",
+    16: "Détruite",
+    17: "En attente d'être postée",
+    18: "En attente d'être signée",
+    19: "En attente de transmission au SAE",
+    20: "Erreur lors de l'envoi au SAE",
+    21: "Document reçu (pas d'AR)",
+    22: "Impossible d'envoyer au SAE",
+}
+
+# Statuses an act transmission may be in, most likely first right after posting:
+# what a look-up scans (the TdT lists transactions one status at a time).
+LOOKUP_STATUSES = (1, 2, 3, 17, 18, 4, -1, 6, 10, 0, 5)
+
+# KO messages of S²LOW that say the TdT itself failed, not the request.
+_TRANSIENT_KO = (
+    "Erreur d'initialisation du module",
+    "Erreur lors de l'enregistrement",
+    "Erreur de journalisation",
+    "Erreur consultation statut",
+)
+# S²LOW refuses a second act with the same internal number for an authority.
+DUPLICATE_NUMBER_KO = "même numéro interne existe déjà"
+# S²LOW refuses a second cancellation while one is pending.
+PENDING_CANCEL_KO = "demande d'annulation est déjà en cours"
+
+_CHUNK = 256 * 1024
+_MAX_ANSWER = 32 * 1024 * 1024
+_ROOT = re.compile(rb"<([A-Za-z_][\w.\-]*(?::[A-Za-z_][\w.\-]*)?)[\s/>]")
+
+
+@dataclass(frozen=True)
+class TdtSettings:
+    url: str
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    login: str | None = None
+    password: str | None = None
+    timeout: float = 60.0
+
+
+def _path(config: Mapping[str, Any], key: str, who: str, required: bool) -> Path | None:
+    value = config.get(key)
+    if value in (None, ""):
+        if required:
+            raise PermanentError(f"{who}: connectors.tdt.{key} is required (PEM path)")
+        return None
+    if not isinstance(value, str) or not Path(value).is_absolute():
+        raise PermanentError(
+            f"{who}: connectors.tdt.{key} must be an absolute PEM file path, got {value!r}"
+        )
+    return Path(value)
+
+
+def tdt_settings(config: Mapping[str, Any], entity: str | None) -> TdtSettings:
+    """The entity's TdT endpoint and credentials, or a PermanentError naming what is wrong."""
+    who = f"entity {entity}" if entity else "tdt connector"
+    url = config.get("url")
+    if not isinstance(url, str) or not url.startswith("https://"):
+        raise PermanentError(
+            f"{who}: connectors.tdt.url must be the TdT's https:// URL, got {url!r}"
+        )
+    timeout = config.get("timeout", 60)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise PermanentError(
+            f"{who}: connectors.tdt.timeout must be a positive number of seconds, got {timeout!r}"
+        )
+    login = config.get("login") or None
+    password = config.get("password")
+    if login is not None and not isinstance(password, str):
+        raise PermanentError(f"{who}: connectors.tdt.password is required with login")
+    cert = _path(config, "cert", who, True)
+    key = _path(config, "key", who, True)
+    assert cert is not None and key is not None
+    return TdtSettings(
+        url.rstrip("/"),
+        cert,
+        key,
+        _path(config, "ca", who, False),
+        str(login) if login is not None else None,
+        password if login is not None else None,
+        float(timeout),
+    )
+
+
+@lru_cache(maxsize=32)
+def _cached_context(
+    cert: Path, key: Path, ca: Path | None, _stamps: tuple[float, ...]
+) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def ssl_context(settings: TdtSettings) -> ssl.SSLContext:
+    """Client context: our certificate and key, the TdT's CA (system CAs without one).
+
+    Cached per file set and modification time, so a renewed certificate is picked up.
+    """
+    files = [p for p in (settings.cert, settings.key, settings.ca) if p is not None]
+    try:
+        stamps = tuple(os.stat(p).st_mtime for p in files)
+        return _cached_context(settings.cert, settings.key, settings.ca, stamps)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise PermanentError(
+            f"TdT {settings.url}: cannot load the client certificate, key or CA "
+            f"({', '.join(str(p) for p in files)}): {exc}"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file to post: where it is and the name the TdT sees."""
+
+    path: Path
+    name: str
+    content_type: str = "application/pdf"
+
+
+@dataclass(frozen=True)
+class ActeSubmission:
+    """The fields and files of ``actes_transac_create.php``."""
+
+    nature_code: int
+    number: str
+    subject: str
+    decision_date: date
+    classification: Sequence[str]  # "1.2.3" split: classif1..N
+    type_acte: str
+    acte: Attachment
+    annexes: Sequence[Attachment] = ()
+    type_pj: Sequence[str] = ()
+    document_papier: bool = False
+    en_attente: bool = False
+
+
+@dataclass(frozen=True)
+class TransactionStatus:
+    """``actes_transac_get_status.php``: the status and the message it came with."""
+
+    transaction: str
+    code: int
+    xml: bytes | None  # the message that set the status (ARActe, AnomalieActe...)
+    message: str  # the TdT's own text after it (status -1)
+
+    @property
+    def label(self) -> str:
+        return STATUS_LABELS.get(self.code, f"statut {self.code}")
+
+
+@dataclass(frozen=True)
+class TransactionSummary:
+    """One row of ``api/list_actes.php``."""
+
+    id: str
+    status: int
+    number: str
+    subject: str
+    decision_date: str
+    nature: str
+    classification: str
+    type: str  # 1 transmission, 2-5 préfecture documents, 6 cancellation, 7 classification
+
+
+@dataclass(frozen=True)
+class PrefectureDocument:
+    """An unread préfecture document (``api/list_document_prefecture.php``)."""
+
+    id: str
+    type: str  # 2 courrier simple, 3 pièces complémentaires, 4 lettre d'observations, 5 déféré
+    related_transaction: str
+    number: str
+    id_acte: str
+    status: int
+
+
+@dataclass(frozen=True)
+class RelatedDocument:
+    """A line ``<type>-<status>-<id>`` of ``actes_transac_get_document.php?id=<act>``."""
+
+    type: str
+    status: int
+    id: str
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("iso-8859-1")
+
+
+def _excerpt(data: bytes, limit: int = 300) -> str:
+    text = " ".join(_text(data).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _split_xml(data: bytes) -> tuple[bytes | None, bytes]:
+    """The XML message at the start of ``data`` and what follows it (the TdT's text)."""
+    start = data.find(b"<")
+    if start < 0 or data[:start].strip():
+        return None, data
+    body_start = start
+    while data.startswith((b"<?", b"<!--"), body_start):
+        end = data.find(b"?>" if data.startswith(b"<?", body_start) else b"-->", body_start)
+        if end < 0:
+            return None, data
+        body_start = data.find(b"<", end)
+        if body_start < 0:
+            return None, data
+    root = _ROOT.match(data, body_start)
+    if root is None:
+        return None, data
+    closing = b"</" + root.group(1) + b">"
+    end = data.rfind(closing)
+    if end >= 0:
+        end += len(closing)
+    else:
+        head_end = data.find(b">", body_start)
+        if head_end < 0 or data[head_end - 1 : head_end] != b"/":
+            return None, data
+        end = head_end + 1
+    return data[start:end], data[end:]
+
+
+def latin1(text: str) -> bytes:
+    """``text`` as the ISO-8859-1 S²LOW expects; typographic characters become ASCII."""
+    for wide, narrow in _TYPOGRAPHY.items():
+        text = text.replace(wide, narrow)
+    return text.encode("iso-8859-1", errors="replace")
+
+
+_TYPOGRAPHY = {
+    "\u2019": "'",
+    "\u2018": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u2026": "...",
+    "\u0153": "oe",
+    "\u0152": "OE",
+    "\u20ac": "EUR",
+    "\u202f": " ",
+}
+
+
+def _field(form: aiohttp.MultipartWriter, name: str, value: str | bytes) -> None:
+    data = value if isinstance(value, bytes) else value.encode("ascii", errors="replace")
+    part = form.append(
+        aiohttp.BytesPayload(data, content_type="text/plain; charset=ISO-8859-1"),
+    )
+    part.set_content_disposition("form-data", name=name)
+
+
+class TdtClient:
+    """One TdT account: a client certificate, optionally a login."""
+
+    def __init__(self, http: aiohttp.ClientSession, settings: TdtSettings) -> None:
+        self.http = http
+        self.settings = settings
+        self._ssl: ssl.SSLContext | None = None
+
+    @property
+    def what(self) -> str:
+        return f"TdT {self.settings.url}"
+
+    def _context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl_context(self.settings)
+        return self._ssl
+
+    # -- transport ----------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        script: str,
+        what: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: aiohttp.MultipartWriter | None = None,
+        sink: IO[bytes] | None = None,
+    ) -> bytes:
+        """One exchange; the body (or, with ``sink``, the body written there)."""
+        headers = {}
+        if self.settings.login is not None:
+            login, password = self.settings.login, self.settings.password or ""
+            headers["Authorization"] = aiohttp.encode_basic_auth(login, password)
+        label = f"{self.what} {what}"
+        try:
+            async with self.http.request(
+                method,
+                f"{self.settings.url}{script}",
+                params=params,
+                data=data,
+                headers=headers,
+                ssl=self._context(),
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+                # Only GETs follow redirects: a redirected POST would not carry its files.
+                allow_redirects=method == "GET",
+            ) as resp:
+                await error_for_status(resp, label)
+                if sink is not None:
+                    async for chunk in resp.content.iter_chunked(_CHUNK):
+                        await asyncio.to_thread(sink.write, chunk)
+                    return b""
+                body = await resp.content.read(_MAX_ANSWER + 1)
+                if len(body) > _MAX_ANSWER:
+                    raise PermanentError(f"{label}: answer larger than {_MAX_ANSWER} bytes")
+                return body
+        except (PermanentError, TransientError):
+            raise
+        except aiohttp.ClientSSLError as exc:
+            raise PermanentError(
+                f"{label}: TLS handshake refused ({exc}); check connectors.tdt.cert, key and ca"
+            ) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            if _tls_refusal(exc):
+                raise PermanentError(
+                    f"{label}: the TdT refused our client certificate ({exc})"
+                ) from exc
+            raise transient_from(exc, label) from exc
+
+    def _payload(self, body: bytes, what: str) -> list[bytes]:
+        """The lines after ``OK``; ``KO`` raises with the TdT's message."""
+        lines = body.lstrip(b"\xef\xbb\xbf \r\n\t").split(b"\n")
+        head = lines[0].strip()
+        label = f"{self.what} {what}"
+        if head == b"OK":
+            return lines[1:]
+        if head == b"KO":
+            message = " ".join(_text(b"\n".join(lines[1:])).split()) or "(no message)"
+            error = TransientError if message.startswith(_TRANSIENT_KO) else PermanentError
+            raise error(f"{label}: the TdT answered KO: {message}")
+        raise PermanentError(f"{label}: unexpected answer: {_excerpt(body) or '(empty)'}")
+
+    def _transaction_id(self, lines: list[bytes], what: str) -> str:
+        value = lines[0].strip() if lines else b""
+        if not value.isdigit():
+            raise PermanentError(f"{self.what} {what}: expected a transaction id, got {value!r}")
+        return value.decode()
+
+    async def _json(self, script: str, what: str, params: Mapping[str, str]) -> Any:
+        body = await self._request("GET", script, what, params=params)
+        try:
+            return json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            # A KO text instead of JSON: let it speak.
+            self._payload(body, what)
+            raise PermanentError(
+                f"{self.what} {what}: expected JSON, got {_excerpt(body)}"
+            ) from None
+
+    # -- acts -----------------------------------------------------------------------------
+
+    async def create_transaction(self, act: ActeSubmission) -> str:
+        """Post an act (``actes_transac_create.php``); the new transaction id."""
+        with _OpenFiles() as files:
+            form = aiohttp.MultipartWriter("form-data")
+            _field(form, "api", "1")
+            _field(form, "nature_code", str(act.nature_code))
+            _field(form, "number", act.number)
+            _field(form, "subject", latin1(act.subject))
+            _field(form, "decision_date", act.decision_date.isoformat())
+            _field(form, "en_attente", "1" if act.en_attente else "0")
+            _field(form, "document_papier", "1" if act.document_papier else "0")
+            _field(form, "type_acte", act.type_acte)
+            for code in act.type_pj:
+                _field(form, "type_pj[]", code)
+            for rank, level in enumerate(act.classification, start=1):
+                _field(form, f"classif{rank}", level)
+            await files.attach(form, "acte_pdf_file", act.acte)
+            for annexe in act.annexes:
+                await files.attach(form, "acte_attachments[]", annexe)
+            body = await self._request(
+                "POST", f"{ACTES}/actes_transac_create.php", "create", data=form
+            )
+        return self._transaction_id(self._payload(body, "create"), "create")
+
+    async def get_status(self, transaction: str) -> TransactionStatus:
+        """``actes_transac_get_status.php``: status, then the message that set it."""
+        what = f"status of transaction {transaction}"
+        body = await self._request(
+            "GET",
+            f"{ACTES}/actes_transac_get_status.php",
+            what,
+            params={"transaction": transaction},
+        )
+        lines = self._payload(body, what)
+        code = lines[0].strip() if lines else b""
+        if not re.fullmatch(rb"-?\d+", code):
+            raise PermanentError(f"{self.what} {what}: expected a numeric status, got {code!r}")
+        xml, rest = _split_xml(b"\n".join(lines[1:]))
+        return TransactionStatus(transaction, int(code), xml, " ".join(_text(rest).split()))
+
+    async def get_aracte(self, transaction: str) -> bytes:
+        """``actes_transac_get_ARActe.php``: the ARActe of an acknowledged act."""
+        what = f"ARActe of transaction {transaction}"
+        body = await self._request(
+            "GET", f"{ACTES}/actes_transac_get_ARActe.php", what, params={"id": transaction}
+        )
+        xml, _rest = _split_xml(body)
+        if xml is None:
+            raise PermanentError(f"{self.what} {what}: not an XML message: {_excerpt(body)}")
+        return xml
+
+    async def cancel(self, transaction: str) -> str:
+        """Ask the cancellation (6-1) of an acknowledged act; the cancellation's transaction."""
+        what = f"cancellation of transaction {transaction}"
+        form = aiohttp.MultipartWriter("form-data")
+        _field(form, "api", "1")
+        _field(form, "id", transaction)
+        body = await self._request("POST", f"{ACTES}/actes_transac_cancel.php", what, data=form)
+        return self._transaction_id(self._payload(body, what), what)
+
+    async def list_transactions(
+        self, status: int, *, min_date: date | None = None, offset: int = 0, limit: int = 100
+    ) -> list[TransactionSummary]:
+        """``api/list_actes.php``: one page of the authority's transactions in ``status``."""
+        params = {"status_id": str(status), "offset": str(offset), "limit": str(limit)}
+        if min_date is not None:
+            params["min_date"] = min_date.isoformat()
+        what = f"list of transactions in status {status}"
+        body = await self._json(f"{ACTES}/api/list_actes.php", what, params)
+        rows = body.get("transactions") if isinstance(body, dict) else None
+        if not isinstance(rows, list):
+            raise PermanentError(f"{self.what} {what}: no 'transactions' list in the answer")
+        return [_summary(row, status) for row in rows if isinstance(row, dict)]
+
+    async def find_transaction(
+        self,
+        number: str,
+        *,
+        kind: str = "1",
+        decision_date: date | None = None,
+        min_date: date | None = None,
+        statuses: Iterable[int] = LOOKUP_STATUSES,
+    ) -> TransactionSummary | None:
+        """The authority's transaction of type ``kind`` for the act ``number``, if any."""
+        for status in statuses:
+            offset = 0
+            while True:
+                page = await self.list_transactions(status, min_date=min_date, offset=offset)
+                for row in page:
+                    same_date = decision_date is None or row.decision_date in (
+                        "",
+                        decision_date.isoformat(),
+                    )
+                    if row.number == number and row.type == kind and same_date:
+                        return row
+                if len(page) < 100:
+                    break
+                offset += len(page)
+        return None
+
+    async def fetch_classification(self) -> bytes:
+        """``actes_classification_fetch.php``: the authority's RetourClassification."""
+        what = "classification"
+        body = await self._request(
+            "GET", f"{ACTES}/actes_classification_fetch.php", what, params={"api": "1"}
+        )
+        xml, _rest = _split_xml(body)
+        if xml is None:
+            self._payload(body, what)  # a KO explains itself
+            raise PermanentError(f"{self.what} {what}: not an XML message: {_excerpt(body)}")
+        return xml
+
+    # -- préfecture documents -------------------------------------------------------------
+
+    async def list_prefecture_documents(self) -> list[PrefectureDocument]:
+        """Unread courriers, demandes de pièces, lettres d'observations and déférés."""
+        what = "list of préfecture documents"
+        body = await self._json(f"{ACTES}/api/list_document_prefecture.php", what, {})
+        if not isinstance(body, list):
+            raise PermanentError(f"{self.what} {what}: expected a JSON list")
+        return [_prefecture_document(row) for row in body if isinstance(row, dict)]
+
+    async def list_related_documents(self, transaction: str) -> list[RelatedDocument]:
+        """The préfecture documents about one act: ``type-status-id`` lines."""
+        what = f"documents of transaction {transaction}"
+        body = await self._request(
+            "GET", f"{ACTES}/actes_transac_get_document.php", what, params={"id": transaction}
+        )
+        if body.lstrip().startswith(b"KO"):
+            self._payload(body, what)
+        found = []
+        for line in _text(body).splitlines():
+            match = re.fullmatch(r"\s*(\d+)-(-?\d+)-(\d+)\s*", line)
+            if match:
+                found.append(RelatedDocument(match[1], int(match[2]), match[3]))
+        return found
+
+    async def get_prefecture_document(self, document: str, dest: Path) -> None:
+        """Write the document's archive (tar.gz: envelope, message, PDFs) to ``dest``."""
+        what = f"préfecture document {document}"
+        out = await asyncio.to_thread(dest.open, "wb")
+        try:
+            await self._request(
+                "GET",
+                f"{ACTES}/actes_transac_get_document.php",
+                what,
+                params={"id": document},
+                sink=out,
+            )
+        finally:
+            await asyncio.to_thread(out.close)
+        with dest.open("rb") as stream:
+            head = stream.read(64)
+        if not head.startswith(b"\x1f\x8b"):
+            text = await asyncio.to_thread(dest.read_bytes)
+            self._payload(text, what)
+            raise PermanentError(f"{self.what} {what}: not an archive: {_excerpt(text)}")
+
+    async def mark_prefecture_document_read(self, document: str) -> None:
+        what = f"marking préfecture document {document} read"
+        body = await self._json(
+            f"{ACTES}/api/document_prefecture_mark_as_read.php",
+            what,
+            {"transaction_id": document},
+        )
+        if not (isinstance(body, dict) and body.get("result") == "ok"):
+            raise PermanentError(f"{self.what} {what}: unexpected answer {body!r}")
+
+
+def _tls_refusal(exc: BaseException) -> bool:
+    """The server closed the TLS session with an alert about our certificate."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) and "ALERT" in str(seen).upper():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _summary(row: Mapping[str, Any], status: int) -> TransactionSummary:
+    def text(key: str) -> str:
+        value = row.get(key)
+        return "" if value is None else str(value)
+
+    return TransactionSummary(
+        text("id"),
+        status,
+        text("number"),
+        text("subject"),
+        text("date") or text("decision_date"),
+        text("nature_descr"),
+        text("classification"),
+        text("type"),
+    )
+
+
+def _prefecture_document(row: Mapping[str, Any]) -> PrefectureDocument:
+    def text(key: str) -> str:
+        value = row.get(key)
+        return "" if value is None else str(value)
+
+    status = text("last_status_id")
+    return PrefectureDocument(
+        text("id"),
+        text("type"),
+        text("related_transaction_id"),
+        text("number"),
+        text("unique_id"),
+        int(status) if re.fullmatch(r"-?\d+", status) else 0,
+    )
+
+
+class _OpenFiles:
+    """Files opened for one form, closed when the request is over."""
+
+    def __init__(self) -> None:
+        self.handles: list[IO[bytes]] = []
+
+    def __enter__(self) -> _OpenFiles:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for handle in self.handles:
+            handle.close()
+
+    async def attach(self, form: aiohttp.MultipartWriter, name: str, file: Attachment) -> None:
+        try:
+            handle = await asyncio.to_thread(file.path.open, "rb")
+        except OSError as exc:
+            # The blob store may be back later.
+            raise TransientError(f"cannot read {file.name} ({file.path}): {exc}") from exc
+        self.handles.append(handle)
+        part = form.append(handle, {"Content-Type": file.content_type})
+        part.set_content_disposition("form-data", name=name, filename=file.name)
