@@ -13,6 +13,7 @@ from aiohttp import web
 
 from broker import registry
 from broker.api.app import build_app
+from broker.ingest import Ingestor
 from broker.relay import Relay
 from broker.runtime import Runtime
 from broker.settings import Settings
@@ -60,6 +61,9 @@ async def run(settings: Settings, roles: Roles, *,
             relay = Relay(rt)
             await relay.start()
             stack.push_async_callback(relay.stop)
+            ingestor = Ingestor(rt)
+            await ingestor.start()
+            stack.push_async_callback(ingestor.stop)
         if roles.worker:
             worker = Worker(rt, list(roles.connectors) or None)
             await worker.start()

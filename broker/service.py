@@ -92,6 +92,10 @@ async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: st
     elif flow is None:
         problems.append(Problem("flow", f"unknown flow {flow_name!r} (one of: "
                                 f"{', '.join(sorted(rt.flows))})"))
+    elif flow.incoming_only:
+        problems.append(Problem("flow", f"documents of flow {flow_name} come from peers; "
+                                "they cannot be submitted"))
+        flow = None
     if not entity:
         if who.entity:
             entity = who.entity

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     worker_prefetch: int = 16
     relay_interval: str = "250ms"
     relay_batch: int = 500
+    # How often peers are asked for documents they send on their own (préfecture letters).
+    ingest_interval: str = "1m"
     # Uploads larger than this are refused (flows may set a lower cap).
     max_upload: int = 150 * 1024 * 1024
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")

@@ -31,6 +31,8 @@ __all__ = [
     "Connector",
     "Done",
     "FileView",
+    "Incoming",
+    "IngestSource",
     "NewFile",
     "Outcome",
     "Pending",
@@ -110,6 +112,33 @@ class ClassificationSource(Protocol):
     async def fetch_classification(self, config: Mapping[str, Any],
                                    http: aiohttp.ClientSession) -> tuple[str, dict[str, Any]]:
         """(version date YYYY-MM-DD, the classification as JSON-able data)."""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A document a peer sends on its own (a préfecture's letter about an act...)."""
+
+    # The peer's id for it: a document is ingested once per entity and flow.
+    key: str
+    flow: str
+    metadata: dict[str, Any]
+    files: tuple[NewFile, ...]
+    # (metadata key, value) of the document it relates to, e.g. ("id_acte", "034-…-DE").
+    link: tuple[str, str] | None = None
+    summary: str = ""
+
+
+@runtime_checkable
+class IngestSource(Protocol):
+    """A connector whose peer has documents waiting for the entity."""
+
+    async def incoming(self, config: Mapping[str, Any], entity: str,
+                       http: aiohttp.ClientSession, workdir: Path) -> list[Incoming]:
+        """What the peer has for the entity now (files written under ``workdir``)."""
+
+    async def acknowledge(self, config: Mapping[str, Any], http: aiohttp.ClientSession,
+                          key: str) -> None:
+        """Tell the peer the document is safely stored (it stops offering it)."""
 
 
 def _excerpt(text: str, limit: int = 300) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from broker.flows.base import Flow, Intake, Problem, Step, UploadedFile
 from broker.retry import PollPolicy
@@ -44,6 +44,23 @@ class ActesFlow(Flow):
         return [p if p.field.startswith("files") else Problem(f"metadata.{p.field}", p.message)
                 for p in check_act(metadata, files, current, intake.today)]
 
+
+class CourrierMetadata(BaseModel):
+    """What the préfecture's letter says (type, IDActe, dates, motif...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# Letters from the préfecture (2-1, 3-1, 4-1, 5-1), ingested from the TdT and linked
+# to their act; stored and visible, answered by a person.
+COURRIERS = Flow(
+    name="actes-courrier",
+    description="A préfecture letter about an act (courrier, pièces, observations, déféré)",
+    files={},
+    metadata_model=CourrierMetadata,
+    steps=[],
+    incoming_only=True,
+)
 
 ACTES = ActesFlow(
     name="actes",

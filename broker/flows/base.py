@@ -72,6 +72,8 @@ class Flow:
     actions: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     # Connector that serves the entity's current classification for this flow, if any.
     classification_from: str | None = None
+    # Documents of this flow come from peers (ingested), never from a submission.
+    incoming_only: bool = False
 
     def step(self, name: str) -> Step:
         for step in self.steps:

@@ -22,12 +22,14 @@ import datetime as dt
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from pydantic import ValidationError
 
 from broker.xmlsafe import XmlError
+from connectors.actes import courriers
 from connectors.actes.classification import read_classification
 from connectors.actes.messages import AnomalieActe, AnomalieEnveloppe, ARActe, read_message
 from connectors.actes.messages import ARAnnulation as ARAnnulationMessage
@@ -47,6 +49,7 @@ from connectors.actes.xmlbind import ActesModel
 from connectors.base import (
     Done,
     FileView,
+    Incoming,
     NewFile,
     Outcome,
     Pending,
@@ -197,6 +200,17 @@ class TdtActesConnector:
         if ctx.step == "transmit":
             return await self._transmit(ctx, client, poll)
         return await self._cancel(ctx, client, poll)
+
+    async def incoming(
+        self, config: Mapping[str, Any], entity: str, http: aiohttp.ClientSession, workdir: Path
+    ) -> list[Incoming]:
+        """The préfecture's unread letters about the entity's acts."""
+        return await courriers.incoming(config, entity, http, workdir)
+
+    async def acknowledge(
+        self, config: Mapping[str, Any], http: aiohttp.ClientSession, key: str
+    ) -> None:
+        await courriers.acknowledge(config, http, key)
 
     async def fetch_classification(
         self, config: Mapping[str, Any], http: aiohttp.ClientSession
