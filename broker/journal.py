@@ -1,9 +1,12 @@
 """Append-only, hash-chained audit log of every transition, attempt, poll, error
 and operator action.
 
-Each entry's hash covers its fields and the previous entry's hash, and ``seq``
-has no gaps, so an altered, inserted or removed entry breaks the chain at the
-first place it touches. ``verify`` walks the chain and names that place.
+Entries are written in the transaction of the change they record, then sealed
+by the relay (a fraction of a second later): each gets a gap-free ``seq`` and a
+hash over its fields and the previous entry's hash, so an altered, inserted or
+removed entry breaks the chain at the first place it touches. ``verify`` seals
+what is pending, walks the chain and names that place. Sealing apart keeps
+appends off a global lock: writers never wait for each other here.
 """
 
 from __future__ import annotations
@@ -45,27 +48,44 @@ def entry_hash(seq: int, at: float, document_id: str | None, kind: str, actor: s
 
 
 async def append(conn: AsyncConnection, entries: Sequence[Entry], now: float) -> None:
-    """Chain ``entries`` after the last one, inside the caller's transaction."""
-    if not entries:
-        return
-    await lock_journal(conn)
-    last = (await conn.execute(
-        sa.select(journal.c.seq, journal.c.hash).order_by(journal.c.seq.desc()).limit(1)
-    )).first()
-    seq, prev = (last.seq, last.hash) if last else (0, GENESIS)
-    rows = []
-    for entry in entries:
-        seq += 1
-        digest = entry_hash(seq, now, entry.document_id, entry.kind, entry.actor, entry.data, prev)
-        rows.append({"seq": seq, "at": now, "document_id": entry.document_id, "kind": entry.kind,
-                     "actor": entry.actor, "data": entry.data, "prev_hash": prev, "hash": digest})
-        prev = digest
-    await conn.execute(journal.insert(), rows)
+    """Write ``entries`` in the caller's transaction; the relay seals them."""
+    if entries:
+        await conn.execute(journal.insert(), [
+            {"at": now, "document_id": e.document_id, "kind": e.kind, "actor": e.actor,
+             "data": e.data} for e in entries])
+
+
+async def seal(engine: AsyncEngine, batch: int = 2000) -> int:
+    """Chain the entries written since the last seal, in the order they were written."""
+    sealed = 0
+    while True:
+        async with engine.begin() as conn:
+            await lock_journal(conn)
+            last = (await conn.execute(
+                sa.select(journal.c.seq, journal.c.hash).where(journal.c.seq.is_not(None))
+                .order_by(journal.c.seq.desc()).limit(1))).first()
+            seq, prev = (last.seq, last.hash) if last else (0, GENESIS)
+            rows = (await conn.execute(
+                sa.select(journal).where(journal.c.seq.is_(None)).order_by(journal.c.id)
+                .limit(batch))).all()
+            if not rows:
+                return sealed
+            updates = []
+            for row in rows:
+                seq += 1
+                digest = entry_hash(seq, row.at, row.document_id, row.kind, row.actor, row.data,
+                                    prev)
+                updates.append({"_id": row.id, "_seq": seq, "_prev": prev, "_hash": digest})
+                prev = digest
+            await conn.execute(journal.update().where(journal.c.id == sa.bindparam("_id"))
+                               .values(seq=sa.bindparam("_seq"), prev_hash=sa.bindparam("_prev"),
+                                       hash=sa.bindparam("_hash")), updates)
+        sealed += len(rows)
 
 
 async def for_document(conn: AsyncConnection, document_id: str) -> list[dict[str, Any]]:
     result = await conn.execute(
-        sa.select(journal).where(journal.c.document_id == document_id).order_by(journal.c.seq)
+        sa.select(journal).where(journal.c.document_id == document_id).order_by(journal.c.id)
     )
     return [dict(row._mapping) for row in result]
 
@@ -84,8 +104,8 @@ async def _rows(engine: AsyncEngine, batch: int = 2000) -> AsyncIterator[Any]:
     while True:
         async with engine.connect() as conn:
             rows = (await conn.execute(
-                sa.select(journal).where(journal.c.seq > after).order_by(journal.c.seq).limit(batch)
-            )).all()
+                sa.select(journal).where(journal.c.seq > after).order_by(journal.c.seq)
+                .limit(batch))).all()
         if not rows:
             return
         for row in rows:
@@ -94,7 +114,8 @@ async def _rows(engine: AsyncEngine, batch: int = 2000) -> AsyncIterator[Any]:
 
 
 async def verify(engine: AsyncEngine) -> Verdict:
-    """Walk the whole chain; report the first altered or missing entry."""
+    """Seal what is pending, walk the whole chain; report the first altered or missing entry."""
+    await seal(engine)
     expected_seq, prev, checked = 1, GENESIS, 0
     async for row in _rows(engine):
         if row.seq != expected_seq:

@@ -77,6 +77,7 @@ class Relay:
             self._last_sweep = now()
             await self.sweep()
         await self.publish_events()
+        await journal.seal(self.rt.db)
         return published >= self.rt.settings.relay_batch
 
     async def publish_due(self) -> int:

@@ -52,7 +52,7 @@ class DocumentPage(BaseModel):
 
 class JournalEntryOut(BaseModel):
     model_config = ConfigDict(extra="allow")
-    seq: int
+    seq: int | None = Field(description="place in the hash chain; null until sealed (< 1 s)")
     at: str
     kind: str
     actor: str

@@ -110,19 +110,23 @@ events = sa.Table(
     sa.Column("created_at", TIME, nullable=False),
 )
 
-# Append-only, hash-chained audit log; seq has no gaps.
+BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+# Append-only, hash-chained audit log. Entries are written with the change they
+# record; the relay then seals them: a gap-free ``seq`` and the hash chain.
 journal = sa.Table(
     "journal",
     metadata,
-    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("id", BIGID, primary_key=True, autoincrement=True),
+    sa.Column("seq", sa.BigInteger, nullable=True, unique=True),
     sa.Column("at", TIME, nullable=False),
     sa.Column("document_id", sa.String(26), nullable=True),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("actor", sa.String(64), nullable=False),
     sa.Column("data", JSON, nullable=False),
-    sa.Column("prev_hash", sa.String(64), nullable=False),
-    sa.Column("hash", sa.String(64), nullable=False),
-    sa.Index("ix_journal_document", "document_id", "seq"),
+    sa.Column("prev_hash", sa.String(64), nullable=True),
+    sa.Column("hash", sa.String(64), nullable=True),
+    sa.Index("ix_journal_document", "document_id", "id"),
 )
 
 # The classification an entity's peer (the TdT for ACTES) currently expects.
