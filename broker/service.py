@@ -16,11 +16,12 @@ from typing import Any
 import aiohttp
 import sqlalchemy as sa
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import engine as eng
 from broker import journal, registry
 from broker.blobs import Staged
-from broker.flows.base import Intake, Problem, UploadedFile
+from broker.flows.base import Flow, Intake, Problem, UploadedFile
 from broker.ids import new_id, siren_problem
 from broker.metrics import DOCUMENTS_SUBMITTED
 from broker.outcomes import StepError
@@ -71,46 +72,50 @@ def _metadata_problems(raw: str | None) -> tuple[dict[str, Any] | None, list[Pro
     return value, []
 
 
+@dataclass(frozen=True)
+class Submitted:
+    document: dict[str, Any]
+    # False when an Idempotency-Key matched an earlier submission.
+    created: bool = True
+
+
 async def submit(rt: Runtime, who: Principal, flow_name: str | None, entity: str | None,
-                 raw_metadata: str | None, parts: Sequence[StagedPart]) -> dict[str, Any]:
+                 raw_metadata: str | None, parts: Sequence[StagedPart],
+                 submission_key: str | None = None) -> Submitted:
     """Accept a document or raise ServiceError; staged parts are consumed either way."""
     try:
-        return await _submit(rt, who, flow_name, entity, raw_metadata, parts)
+        return await _submit(rt, who, flow_name, entity, raw_metadata, parts, submission_key)
     except BaseException:
         for part in parts:
             rt.blobs.discard(part.staged)
         raise
 
 
-async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: str | None,
-                  raw_metadata: str | None, parts: Sequence[StagedPart]) -> dict[str, Any]:
-    problems: list[Problem] = []
+def _flow_problems(rt: Runtime, flow_name: str | None) -> tuple[Flow | None, list[Problem]]:
     flow = rt.flows.get(flow_name or "")
+    known = ", ".join(sorted(name for name, f in rt.flows.items() if not f.incoming_only))
     if not flow_name:
-        problems.append(Problem("flow", "flow is required (one of: "
-                                f"{', '.join(sorted(rt.flows))})"))
-    elif flow is None:
-        problems.append(Problem("flow", f"unknown flow {flow_name!r} (one of: "
-                                f"{', '.join(sorted(rt.flows))})"))
-    elif flow.incoming_only:
-        problems.append(Problem("flow", f"documents of flow {flow_name} come from peers; "
-                                "they cannot be submitted"))
-        flow = None
+        return None, [Problem("flow", f"flow is required (one of: {known})")]
+    if flow is None:
+        return None, [Problem("flow", f"unknown flow {flow_name!r} (one of: {known})")]
+    if flow.incoming_only:
+        return None, [Problem("flow", f"documents of flow {flow_name} come from peers; they "
+                              "cannot be submitted")]
+    return flow, []
+
+
+async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: str | None,
+                  raw_metadata: str | None, parts: Sequence[StagedPart],
+                  submission_key: str | None) -> Submitted:
+    flow, problems = _flow_problems(rt, flow_name)
+    entity = entity or who.entity
     if not entity:
-        if who.entity:
-            entity = who.entity
-        else:
-            problems.append(Problem("entity", "entity (SIREN) is required"))
-    if entity and not who.may_see(entity):
+        problems.append(Problem("entity", "entity (SIREN) is required"))
+    elif not who.may_see(entity):
         raise ServiceError(403, f"this token may not submit for entity {entity}")
-    if entity:
-        bad = siren_problem(entity)
-        if bad:
-            problems.append(Problem("entity", bad))
-        else:
-            async with rt.db.connect() as conn:
-                if await registry.get_entity(conn, entity) is None:
-                    problems.append(Problem("entity", f"unknown entity {entity}"))
+    elif bad := siren_problem(entity):
+        problems.append(Problem("entity", bad))
+        entity = None
     metadata, meta_problems = _metadata_problems(raw_metadata)
     problems += meta_problems
     if flow is not None:
@@ -119,23 +124,32 @@ async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: st
         if total > cap:
             raise ServiceError(413, f"upload of {total} bytes exceeds the {cap} bytes allowed "
                                f"for flow {flow.name}")
-        if metadata is not None:
+    # Every check that needs the store, on one connection.
+    async with rt.db.connect() as conn:
+        if entity and await registry.get_entity(conn, entity) is None:
+            problems.append(Problem("entity", f"unknown entity {entity}"))
+            entity = None
+        if entity and submission_key:
+            earlier = await _by_submission_key(conn, entity, submission_key)
+            if earlier is not None:
+                for part in parts:
+                    rt.blobs.discard(part.staged)
+                return Submitted(earlier, created=False)
+        model = None
+        if flow is not None and metadata is not None:
             try:
                 model = flow.metadata_model.model_validate(metadata)
             except ValidationError as exc:
                 problems += [Problem("metadata." + ".".join(str(p) for p in err["loc"]),
                                      err["msg"]) for err in exc.errors()]
-            else:
-                uploads = [UploadedFile(p.role, p.name, p.staged.size, p.staged.head)
-                           for p in parts]
-                if entity and not any(p.field == "entity" for p in problems):
-                    problems += flow.check(model, uploads, await _intake(rt, flow.name, entity))
-                    problems += await _key_problems(rt, flow.name, entity,
-                                                    flow.unique_key(model))
+        if flow is not None and model is not None and entity:
+            uploads = [UploadedFile(p.role, p.name, p.staged.size, p.staged.head) for p in parts]
+            problems += flow.check(model, uploads, await _intake(conn, flow.name, entity))
+            problems += await _key_problems(conn, flow.name, entity, flow.unique_key(model))
     if problems:
         raise ServiceError(422, "; ".join(f"{p.field}: {p.message}" for p in problems), problems)
-    assert flow is not None and entity is not None and metadata is not None
-    unique = flow.unique_key(flow.metadata_model.model_validate(metadata))
+    assert flow is not None and entity is not None and model is not None and metadata is not None
+    unique = flow.unique_key(model)
     # Blobs first: a crash before the commit leaves unreferenced blobs only.
     for part in parts:
         await rt.blobs.commit(part.staged)
@@ -144,37 +158,49 @@ async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: st
     transition = eng.start(flow, doc, t, who.actor)
     try:
         async with rt.db.begin() as conn:
-            await docs.insert_document(conn, doc, entity, t, unique[1] if unique else None)
+            await docs.insert_document(conn, doc, entity, t, unique[1] if unique else None,
+                                       submission_key)
             await docs.insert_files(conn, doc.id, [
                 StoredFile(p.role, p.name, p.content_type, p.staged.size, p.staged.sha256)
                 for p in parts], t)
             await docs.write_transition(conn, doc, entity, transition, t)
+            row = await docs.get_document(conn, doc.id)
+            view = _doc_view(row, await docs.get_files(conn, doc.id))
     except sa.exc.IntegrityError as exc:
         # Another submission took the same key between the check and the insert.
-        problems = await _key_problems(rt, flow.name, entity, unique)
+        async with rt.db.connect() as conn:
+            if submission_key and (earlier := await _by_submission_key(conn, entity,
+                                                                       submission_key)):
+                return Submitted(earlier, created=False)
+            problems = await _key_problems(conn, flow.name, entity, unique)
         raise ServiceError(422, "; ".join(f"{p.field}: {p.message}" for p in problems)
                            or "conflicting submission", problems) from exc
     DOCUMENTS_SUBMITTED.labels(flow.name).inc()
     rt.notifier.notify()
-    return await get_document(rt, who, doc.id)
+    return Submitted(view)
 
 
-async def _intake(rt: Runtime, flow: str, entity: str) -> Intake:
-    async with rt.db.connect() as conn:
-        known = await classifications.get(conn, entity, flow)
+async def _by_submission_key(conn: AsyncConnection, entity: str,
+                             key: str) -> dict[str, Any] | None:
+    row = (await conn.execute(sa.select(documents).where(
+        documents.c.entity == entity, documents.c.submission_key == key))).first()
+    return _doc_view(row, await docs.get_files(conn, row.id)) if row else None
+
+
+async def _intake(conn: AsyncConnection, flow: str, entity: str) -> Intake:
+    known = await classifications.get(conn, entity, flow)
     return Intake(entity, date.today(), known.data if known else None,
                   known.version_date if known else None)
 
 
-async def _key_problems(rt: Runtime, flow: str, entity: str,
+async def _key_problems(conn: AsyncConnection, flow: str, entity: str,
                         key: tuple[str, str] | None) -> list[Problem]:
     if key is None:
         return []
     field, value = key
-    async with rt.db.connect() as conn:
-        other = (await conn.execute(sa.select(documents.c.id).where(
-            documents.c.entity == entity, documents.c.flow == flow,
-            documents.c.unique_key == value))).first()
+    other = (await conn.execute(sa.select(documents.c.id).where(
+        documents.c.entity == entity, documents.c.flow == flow,
+        documents.c.unique_key == value))).first()
     if other is None:
         return []
     return [Problem(field, f"{value!r} is already used by document {other.id} of entity "

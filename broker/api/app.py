@@ -116,6 +116,9 @@ async def submit(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         return error_response(415, "send multipart/form-data: fields flow, entity, metadata "
                               "and one file part per file, named by its role")
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 128:
+        return error_response(400, "Idempotency-Key must be 1 to 128 characters")
     fields: dict[str, str] = {}
     parts: list[StagedPart] = []
     budget = rt.settings.max_upload
@@ -138,7 +141,8 @@ async def submit(request: web.Request) -> web.Response:
                                     part.headers.get("Content-Type",
                                                      "application/octet-stream"), staged))
         result = await service.submit(rt, _who(request), fields.get("flow"),
-                                      fields.get("entity"), fields.get("metadata"), parts)
+                                      fields.get("entity"), fields.get("metadata"), parts,
+                                      key)
     except TooLarge as exc:
         for p in parts:
             rt.blobs.discard(p.staged)
@@ -153,7 +157,8 @@ async def submit(request: web.Request) -> web.Response:
         for p in parts:
             rt.blobs.discard(p.staged)
         return error_response(400, f"malformed multipart body: {exc}")
-    return web.json_response(result, status=201)
+    # A repeated Idempotency-Key answers with the document the first request created.
+    return web.json_response(result.document, status=201 if result.created else 200)
 
 
 def _int(request: web.Request, name: str, default: int) -> int:

@@ -48,9 +48,15 @@ def build() -> dict[str, Any]:
             "/api/v1/documents": {
                 "post": {
                     "summary": "Submit a document (multipart: flow, entity, metadata, files)",
+                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                    "schema": {"type": "string", "maxLength": 128},
+                                    "description": "resending with the same key returns the "
+                                                   "first document (200) instead of a new one"}],
                     "requestBody": {"required": True, "content": {
                         "multipart/form-data": {"schema": _ref(m.SubmitForm)}}},
-                    "responses": {"201": _json(m.DocumentOut, "accepted"), **_ERRORS,
+                    "responses": {"201": _json(m.DocumentOut, "accepted"),
+                                  "200": _json(m.DocumentOut, "already accepted (same key)"),
+                                  **_ERRORS,
                                   "413": _json(m.ErrorOut, "upload too large"),
                                   "422": _json(m.ErrorOut, "invalid fields, named")},
                 },

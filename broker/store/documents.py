@@ -44,11 +44,12 @@ def job_of(row: Any) -> Job:
 
 
 async def insert_document(conn: AsyncConnection, doc: Doc, entity: str, now: float,
-                          unique_key: str | None = None) -> None:
+                          unique_key: str | None = None,
+                          submission_key: str | None = None) -> None:
     await conn.execute(documents.insert().values(
         id=doc.id, flow=doc.flow, entity=entity, state=doc.state, step=doc.step, run=doc.run,
         metadata=dict(doc.metadata), refs={}, created_at=now, updated_at=now,
-        unique_key=unique_key))
+        unique_key=unique_key, submission_key=submission_key))
 
 
 async def insert_files(conn: AsyncConnection, document_id: str, stored: Sequence[StoredFile],

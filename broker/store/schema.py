@@ -52,8 +52,11 @@ documents = sa.Table(
     # A business key unique per entity and flow (an act's number); released
     # when the document is rejected or cancelled so the number can be reused.
     sa.Column("unique_key", sa.String(64), nullable=True),
+    # The client's Idempotency-Key: a repeated submission returns the first document.
+    sa.Column("submission_key", sa.String(128), nullable=True),
     sa.Index("ix_documents_entity_flow_state", "entity", "flow", "state", "id"),
     sa.Index("ux_documents_unique_key", "entity", "flow", "unique_key", unique=True),
+    sa.Index("ux_documents_submission_key", "entity", "submission_key", unique=True),
     sa.Index("ix_documents_state", "state", "id"),
 )
 

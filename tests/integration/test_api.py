@@ -254,3 +254,27 @@ async def test_a_150_mib_upload_streams_with_flat_memory(tmp_path: Path) -> None
     finally:
         await client.close()
         await rt.close()
+
+
+async def test_a_repeated_idempotency_key_returns_the_first_document(api: Client) -> None:
+    async def send(key: str, body: bytes) -> tuple[int, Any]:
+        form = aiohttp.FormData()
+        form.add_field("flow", "depot")
+        form.add_field("entity", ENTITY)
+        form.add_field("document", body, filename="m.xml")
+        resp = await api.client.post("/api/v1/documents", data=form,
+                                     headers={**api.auth("operator"), "Idempotency-Key": key})
+        return resp.status, await resp.json()
+
+    status, first = await send("gf-export-42", b"<m n='1'/>")
+    assert status == 201
+    status, again = await send("gf-export-42", b"<m n='1'/>")
+    assert status == 200 and again["id"] == first["id"]
+    status, other = await send("gf-export-43", b"<m n='2'/>")
+    assert status == 201 and other["id"] != first["id"]
+    _, page = await api.get("/api/v1/documents")
+    assert len(page["items"]) == 2
+    blobs = [p for p in api.rt.settings.blob_dir.rglob("*") if p.is_file()]
+    assert len(blobs) == 2 and [p for p in api.rt.settings.tmp_dir.rglob("*") if p.is_file()] == []
+    status, body = await send("x" * 129, b"<m/>")
+    assert status == 400 and "Idempotency-Key" in body["error"]

@@ -77,8 +77,9 @@ async def submit_act(rt: Runtime, numero: str, **meta: Any) -> dict[str, Any]:
     staged = await rt.blobs.stage(_chunks(simple_pdf([f"Délibération {numero}"])), 1 << 20)
     metadata = {"nature": "DE", "numero": numero, "date": "2024-03-01",
                 "objet": "Vente d'un terrain communal", "classification": "1.1", **meta}
-    return await service.submit(rt, OPERATOR, "actes", ENTITY, json.dumps(metadata), [
+    submitted = await service.submit(rt, OPERATOR, "actes", ENTITY, json.dumps(metadata), [
         service.StagedPart("acte", f"{numero}.pdf", "application/pdf", staged)])
+    return submitted.document
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
