@@ -125,14 +125,16 @@ class Api:
 
     async def submit(self, entity: str, files: Iterable[tuple[str, str, bytes]],
                      metadata: dict[str, Any] | None = None, flow: str = "depot",
-                     ) -> tuple[int, Any]:
+                     key: str | None = None) -> tuple[int, Any]:
         form = aiohttp.FormData()
         form.add_field("flow", flow)
         form.add_field("entity", entity)
         form.add_field("metadata", json.dumps(metadata or {}))
         for role, name, data in files:
             form.add_field(role, data, filename=name)
-        async with self.http.post(f"{self.url}/api/v1/documents", data=form) as resp:
+        headers = {"Idempotency-Key": key} if key else {}
+        async with self.http.post(f"{self.url}/api/v1/documents", data=form,
+                                  headers=headers) as resp:
             return resp.status, await resp.json()
 
     async def get(self, path: str, **params: str) -> Any:
