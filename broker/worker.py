@@ -18,6 +18,7 @@ import socket
 import tempfile
 import time
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,24 @@ from connectors.base import FileView, StepContext
 log = structlog.get_logger("demat.worker")
 
 HEARTBEAT_SECONDS = 2.0
+
+
+def _remove(workdir: Path) -> None:
+    # Most steps leave their scratch dir empty: skip the tree walk then.
+    try:
+        workdir.rmdir()
+    except OSError:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a claim read: the job, its document, the document's files, the entity's config."""
+
+    job: Any
+    doc: Any
+    files: list[Any]
+    config: dict[str, Any]
 
 
 def job_message_body(job_id: str) -> bytes:
@@ -106,26 +125,26 @@ class Worker:
         claim = await self._claim(job_id, token)
         if claim is None:
             return
-        job_row, doc_row = claim
         with structlog.contextvars.bound_contextvars(
-            document=doc_row.id, job=job_id, entity=doc_row.entity, flow=doc_row.flow,
-            step=job_row.step, attempt=job_row.run, worker=self.id,
+            document=claim.doc.id, job=job_id, entity=claim.doc.entity, flow=claim.doc.flow,
+            step=claim.job.step, attempt=claim.job.run, worker=self.id,
         ):
-            await self._run(job_row, doc_row, token)
+            await self._run(claim, token)
 
-    async def _claim(self, job_id: str, token: str) -> tuple[Any, Any] | None:
+    async def _claim(self, job_id: str, token: str) -> Claim | None:
+        """Take the job (one transaction): its row, its document, files and entity config."""
         t = now()
         lease = self.rt.settings.seconds("lease")
         async with self.rt.db.begin() as conn:
-            claimed = await conn.execute(jobs.update().where(
+            job_row = (await conn.execute(jobs.update().where(
                 jobs.c.id == job_id,
                 sa.or_(jobs.c.state.in_(("published", "scheduled")),
                        sa.and_(jobs.c.state == "running", jobs.c.lease_until < t)),
-            ).values(state="running", worker_id=self.id, claim_token=token, lease_until=t + lease))
-            if claimed.rowcount != 1:
+            ).values(state="running", worker_id=self.id, claim_token=token, lease_until=t + lease)
+                .returning(*jobs.c))).first()
+            if job_row is None:
                 # Already run or being run: a duplicate delivery, acked and dropped.
                 return None
-            job_row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one()
             doc_row = await docs.lock_document(conn, job_row.document_id)
             if doc_row is None or doc_row.state in eng.TERMINAL:
                 await conn.execute(jobs.update().where(jobs.c.id == job_id).values(
@@ -135,16 +154,16 @@ class Worker:
                 documents.c.id == doc_row.id).values(
                 state=eng.RUNNING, step=job_row.step, run=job_row.run, next_due_at=None,
                 updated_at=t))
-        return job_row, doc_row
-
-    async def _context(self, job_row: Any, doc_row: Any, attempts: list[AttemptRecord],
-                       workdir: Path) -> StepContext:
-        async with self.rt.db.connect() as conn:
             file_rows = await docs.get_files(conn, doc_row.id)
             entity = (await conn.execute(
                 sa.select(entities.c.connectors).where(entities.c.siren == doc_row.entity)
             )).first()
         config = (entity.connectors if entity else {}).get(job_row.connector, {})
+        return Claim(job_row, doc_row, file_rows, config)
+
+    def _context(self, claim: Claim, attempts: list[AttemptRecord],
+                 workdir: Path) -> StepContext:
+        job_row, doc_row, file_rows, config = claim.job, claim.doc, claim.files, claim.config
         views = [FileView(f.id, f.role, f.name, f.content_type, f.size, f.sha256,
                           self.rt.blobs.path(f.sha256)) for f in file_rows]
         assert self._http is not None
@@ -168,14 +187,15 @@ class Worker:
             retry=InCallRetry(self.rt.settings.retry_policy, attempts.append),
             save_ref=save_ref, save_file=save_file)
 
-    async def _run(self, job_row: Any, doc_row: Any, token: str) -> None:
+    async def _run(self, claim: Claim, token: str) -> None:
+        job_row, doc_row = claim.job, claim.doc
         connector = self.rt.connectors[job_row.connector]
         attempts: list[AttemptRecord] = []
         workdir = self._workroot / job_row.id
         workdir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         try:
-            ctx = await self._context(job_row, doc_row, attempts, workdir)
+            ctx = self._context(claim, attempts, workdir)
             result: Outcome | StepError = await asyncio.wait_for(
                 connector.run(ctx), self.rt.settings.seconds("step_timeout"))
         except StepError as exc:
@@ -194,7 +214,7 @@ class Worker:
         try:
             await self._commit(job_row, doc_row, token, result, attempts)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            _remove(workdir)
         log.info("step ran", outcome=outcome_name, seconds=round(elapsed, 3),
                  error=str(result) if isinstance(result, StepError) else None)
 
@@ -216,23 +236,25 @@ class Worker:
         produced = await self._stage_outputs(outputs, job_row.step)
         t = now()
         async with self.rt.db.begin() as conn:
+            # Document first: the same lock order as the API's cancel and retry.
             current = await docs.lock_document(conn, doc_row.id)
-            owned = (await conn.execute(sa.select(jobs.c.id).where(
+            fenced = await conn.execute(jobs.update().where(
                 jobs.c.id == job_row.id, jobs.c.claim_token == token,
-                jobs.c.state == "running"))).first()
-            if owned is None:
+                jobs.c.state == "running").values(state="done", finished_at=t))
+            if fenced.rowcount != 1:
                 log.warning("claim lost before commit; outcome dropped")
                 return
             if current is None or current.state in eng.TERMINAL:
                 await conn.execute(jobs.update().where(jobs.c.id == job_row.id).values(
-                    state="cancelled", finished_at=t, last_error="document ended meanwhile"))
+                    state="cancelled", last_error="document ended meanwhile"))
                 return
             doc = docs.doc_of(current)
             transition = eng.apply(self.rt.flows[doc.flow], doc, docs.job_of(job_row), result,
                                    t, self.rt.policies, attempts, self._rng)
-            await conn.execute(jobs.update().where(jobs.c.id == job_row.id).values(
-                state="parked" if transition.park else "done", finished_at=t,
-                last_error=transition.last_error))
+            if transition.park or transition.last_error:
+                await conn.execute(jobs.update().where(jobs.c.id == job_row.id).values(
+                    state="parked" if transition.park else "done",
+                    last_error=transition.last_error))
             await docs.write_transition(conn, doc, current.entity, transition, t, produced)
         if transition.next_job and transition.next_job.due_at <= now():
             self.rt.notifier.notify()

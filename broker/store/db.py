@@ -26,7 +26,9 @@ def make_engine(url: str) -> AsyncEngine:
         )
         _sqlite_pragmas(engine)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    # Sized for intake, relay and a worker's prefetch at once; connections are
+    # kept (no pre-ping round trip per checkout: asyncpg reports a dead one on use).
+    return create_async_engine(url, pool_size=20, max_overflow=10, pool_recycle=3600)
 
 
 def _sqlite_pragmas(engine: AsyncEngine) -> None:
