@@ -123,7 +123,8 @@ async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: st
         cap = flow.max_upload or rt.settings.max_upload
         if total > cap:
             raise ServiceError(413, f"upload of {total} bytes exceeds the {cap} bytes allowed "
-                               f"for flow {flow.name}")
+                               f"for flow {flow.name}", [Problem("files", f"{total} bytes in "
+                               f"all, {cap} allowed for flow {flow.name}")])
     # Every check that needs the store, on one connection.
     async with rt.db.connect() as conn:
         if entity and await registry.get_entity(conn, entity) is None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from broker.flows.base import Problem, UploadedFile
+from broker.sniff import HEAD_BYTES
 from connectors.actes import names
 from connectors.actes.classification import Classification, NatureInfo
 from connectors.actes.envelope import (
@@ -54,7 +55,6 @@ from connectors.actes.messages import (
 )
 from connectors.actes.natures import NATURES
 from connectors.actes.rules import ActeMetadata, check_act
-from connectors.actes.sniff import HEAD_BYTES
 from connectors.actes.xmlbind import ActesModel
 
 COURRIER_TYPES = ("2-1", "3-1", "4-1", "5-1")

@@ -22,6 +22,7 @@ from broker.metrics import DOCUMENTS_BY_STATE, INTAKE_REFUSED
 from broker.registry import Principal
 from broker.runtime import Runtime
 from broker.service import ServiceError, StagedPart
+from broker.sniff import sniff
 from broker.store.schema import documents
 
 log = structlog.get_logger("demat.api")
@@ -135,20 +136,21 @@ async def submit(request: web.Request) -> web.Response:
                 raise ServiceError(422, "a file part has no name",
                                    [Problem("files", "each file part must be named by its "
                                             "role, e.g. name=\"document\"")])
-            staged = await rt.blobs.stage(_chunks(part), budget)
+            try:
+                staged = await rt.blobs.stage(_chunks(part), budget)
+            except TooLarge as exc:
+                raise ServiceError(413, f"upload is {exc} ({rt.settings.max_upload} bytes per "
+                                   "document)", [Problem(f"files.{name}", f"file part "
+                                   f"{part.filename or name!r} goes past the upload cap")]
+                                   ) from exc
             budget -= staged.size
+            # What the bytes are wins over what the client declared.
+            declared = part.headers.get("Content-Type", "application/octet-stream")
             parts.append(StagedPart(name, part.filename or name,
-                                    part.headers.get("Content-Type",
-                                                     "application/octet-stream"), staged))
+                                    sniff(staged.head).media_type or declared, staged))
         result = await service.submit(rt, _who(request), fields.get("flow"),
                                       fields.get("entity"), fields.get("metadata"), parts,
                                       key)
-    except TooLarge as exc:
-        for p in parts:
-            rt.blobs.discard(p.staged)
-        INTAKE_REFUSED.labels("413").inc()
-        return error_response(413, f"upload is {exc}: ({rt.settings.max_upload} bytes per "
-                              "document)")
     except ServiceError:
         for p in parts:
             rt.blobs.discard(p.staged)

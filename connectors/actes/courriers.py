@@ -17,13 +17,10 @@ import aiohttp
 from broker.outcomes import NewFile, PermanentError
 from connectors.actes.envelope import EnvelopeError, read_archive
 from connectors.actes.messages import CourrierRef, DefereTA
-from connectors.actes.sniff import FileKind
 from connectors.actes.tdt_client import PrefectureDocument, TdtClient, tdt_settings
 from connectors.base import Incoming
 
 FLOW = "actes-courrier"
-MEDIA_TYPES = {FileKind.PDF: "application/pdf", FileKind.XML: "application/xml",
-               FileKind.JPEG: "image/jpeg", FileKind.PNG: "image/png"}
 LABELS = {"2": "courrier simple", "3": "demande de pièces complémentaires",
           "4": "lettre d'observations", "5": "déféré au tribunal administratif"}
 
@@ -77,7 +74,7 @@ def _unpack(archive: Path, where: Path, metadata: dict[str, Any]) -> list[NewFil
         files.append(_kept(received.path, where, "message", "application/xml"))
     for member in contents.files:
         files.append(_kept(member.path, where, "courrier",
-                           MEDIA_TYPES.get(member.kind, "application/octet-stream")))
+                           member.kind.media_type or "application/octet-stream"))
     return files
 
 

@@ -23,6 +23,7 @@ from typing import IO
 from lxml import etree
 
 from broker.flows.base import Problem, UploadedFile
+from broker.sniff import HEAD_BYTES, FileKind, sniff_file
 from broker.xmlsafe import XmlError, parse_bytes, parse_file
 from connectors.actes import names, rules
 from connectors.actes.messages import (
@@ -42,7 +43,6 @@ from connectors.actes.natures import ANNEX_KINDS, nature
 from connectors.actes.problems import ActesError, MessageError
 from connectors.actes.rules import ActeMetadata
 from connectors.actes.schema import violations
-from connectors.actes.sniff import HEAD_BYTES, FileKind, sniff_file
 from connectors.actes.xmlbind import ActesModel, local
 
 MiB = 1024 * 1024

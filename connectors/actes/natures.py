@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from connectors.actes.sniff import FileKind
+from broker.sniff import FileKind
 
 _DOCUMENTS = frozenset({FileKind.PDF, FileKind.JPEG, FileKind.PNG})
 

@@ -16,10 +16,10 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from broker import ids
 from broker.flows.base import FileRule, Problem, UploadedFile
+from broker.sniff import FileKind, sniff
 from connectors.actes.classification import Classification, format_code, parse_code
 from connectors.actes.natures import ANNEX_KINDS, NATURE_RULE, Nature, find_nature
 from connectors.actes.natures import nature as nature_of
-from connectors.actes.sniff import FileKind, sniff
 
 MAX_TOTAL_BYTES = 157_286_400  # act + annexes, 150 MiB (Pastell, S²LOW)
 MAX_OBJET = 500

@@ -15,6 +15,7 @@ from lxml import etree
 from pydantic import ValidationError
 
 from broker.flows.base import Problem, UploadedFile
+from broker.sniff import FileKind, sniff_file
 from broker.xmlsafe import XmlError, parse_file
 from connectors.actes import rules
 from connectors.actes.classification import Classification
@@ -32,7 +33,6 @@ from connectors.actes.names import MessageFileName, parse_name
 from connectors.actes.natures import find_nature
 from connectors.actes.problems import MessageError, problems_from
 from connectors.actes.schema import violations
-from connectors.actes.sniff import FileKind, sniff_file
 from connectors.actes.xmlbind import ACTES_NS, local
 
 # Metadata field → (what it is in the message, the element whose line locates it).

@@ -344,7 +344,7 @@ async def check_run(
         f"jobs recovered={recoveries}), TdT faults={stats['faults']} "
         f"(503={stats['faults_503']}, lost create answers={stats['faults_reset']} -> adopted), "
         f"TdT calls={stats['requests']}, transmit tries that failed={retries}, "
-        f"submission tries unanswered while the API was down={intake.tries_failed} "
+        f"submission tries refused or unanswered during the restart={intake.tries_failed} "
         f"(acts found stored by such a try={intake.found_stored}), "
         f"duplicates tdt/parapheur/sae={stats['duplicates']}/{para['duplicates']}/"
         f"{sae['duplicates']}, seconds={seconds:.1f}"
@@ -573,11 +573,6 @@ async def test_an_anomaly_for_an_outdated_classification_ends_rejected(outdated:
     assert status == 409 and "annuler needs a completed document" in body["error"], body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a PDF uploaded as application/octet-stream reaches the parapheur under that type "
-    "and comes back unsigned, yet is stored as acte_signe and transmitted",
-)
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_pdf_declared_as_octet_stream_still_comes_back_signed(outdated: Served) -> None:
     # The act is a PDF by its content (the intake sniffs it); the part's header says otherwise.
@@ -884,10 +879,6 @@ async def test_an_upload_over_150_mib_is_refused_and_nothing_stored(intaker: Int
     assert await intaker.snapshot() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the 413 of an upload over the cap carries no problems[] entry naming the file part",
-)
 @pytest.mark.asyncio(loop_scope="module")
 async def test_an_upload_over_150_mib_names_the_file_part(intaker: Intaker) -> None:
     status, body = await _submit_oversize(intaker)

@@ -5,8 +5,8 @@ import tarfile
 
 import pytest
 
+from broker.sniff import FileKind, sniff
 from connectors.actes.natures import ANNEX_KINDS, NATURES, find_nature, nature
-from connectors.actes.sniff import FileKind, sniff
 from tests.unit.actes.factory import EXE, JPEG, PDF, PNG, XML, zip_bytes
 
 

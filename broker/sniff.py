@@ -25,6 +25,11 @@ class FileKind(StrEnum):
         return _EXTENSIONS.get(self, "bin")
 
     @property
+    def media_type(self) -> str | None:
+        """The content type to declare for this kind (None when not recognised)."""
+        return _MEDIA_TYPES.get(self)
+
+    @property
     def label(self) -> str:
         return _LABELS.get(self, self.value)
 
@@ -42,6 +47,15 @@ _EXTENSIONS = {
     FileKind.ZIP: "zip",
     FileKind.GZIP: "gz",
     FileKind.TAR: "tar",
+}
+_MEDIA_TYPES = {
+    FileKind.PDF: "application/pdf",
+    FileKind.XML: "application/xml",
+    FileKind.JPEG: "image/jpeg",
+    FileKind.PNG: "image/png",
+    FileKind.ZIP: "application/zip",
+    FileKind.GZIP: "application/gzip",
+    FileKind.TAR: "application/x-tar",
 }
 _LABELS = {
     FileKind.PDF: "PDF",
