@@ -199,7 +199,9 @@ def _after_done(flow: Flow, doc: Doc, job: Job, now: float) -> Transition:
 def _after_pending(flow: Flow, doc: Doc, job: Job, result: Pending, now: float,
                    poll: PollPolicy, entries: list[Entry]) -> Transition:
     deadline = job.poll_deadline if job.poll_deadline is not None else now + poll.deadline
-    polls = job.polls + 1 if job.kind == "poll" else 0
+    # Polls done so far: a poll's job counts them; a retry that interrupted polling keeps
+    # the count, so a transient error does not reset the cadence.
+    polls = job.polls if job.kind in ("poll", "retry") else 0
     if now >= deadline:
         reason = (f"no answer from {flow.step(job.step).connector} for step {job.step} "
                   f"before the deadline ({iso(deadline)})")

@@ -40,6 +40,7 @@ from click.testing import CliRunner
 from broker import registry
 from broker.api.app import build_app
 from broker.cli import main as demat_cli
+from broker.flows.actes import SIGNATURE_POLLS
 from broker.runtime import Runtime
 from broker.settings import Settings
 from broker.store import classifications
@@ -495,9 +496,17 @@ async def test_50_acts_on_rabbitmq_and_postgresql_with_a_worker_killed(
 # --- each peer's refusal, in its own words ----------------------------------------------
 
 ANNOTATION = "Montant erroné, à revoir"
-# The parapheur rejects every dossier, the SAE refuses every transfer; the TdT accepts.
+# The parapheur rejects every dossier (after 2 s: the broker looks at least twice), the SAE
+# refuses every transfer; the TdT accepts.
 REFUSING = {
-    "parapheur": ("--reject-ratio", "1", "--reject-annotation", ANNOTATION),
+    "parapheur": (
+        "--auto-sign-after",
+        "2",
+        "--reject-ratio",
+        "1",
+        "--reject-annotation",
+        ANNOTATION,
+    ),
     "sae": ("--refuse-ratio", "1", "--refuse-code", "302"),
 }
 
@@ -531,6 +540,25 @@ async def test_a_parapheur_rejection_ends_rejected_with_its_annotation(
     assert any(
         e["kind"] == "attempt" and e.get("rejected") == doc["last_error"] for e in journal
     ), journal
+
+
+def _epoch(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_parapheur_is_polled_at_the_cadence_of_the_sign_step(refusing: Served) -> None:
+    doc_id = await submit_act(refusing.api, "CAD_001", signature=True)
+    doc = await wait_state(refusing.api, doc_id, TERMINAL, 30)
+    assert doc["state"] == "rejected", doc
+    journal = await refusing.api.get(f"/api/v1/documents/{doc_id}/journal")
+    polls = [e for e in journal if e["kind"] == "poll" and e["step"] == "sign"]
+    assert len(polls) >= 2, journal
+    assert [e["poll"] for e in polls] == list(range(1, len(polls) + 1)), polls
+    waits = [_epoch(e["next_poll_at"]) - _epoch(e["at"]) for e in polls]
+    # 1 s, then 1.5 s...: a signature a few seconds in is seen within half its age.
+    expected = [SIGNATURE_POLLS.interval(n) for n in range(len(polls))]
+    assert waits == pytest.approx(expected, abs=0.01), (waits, expected)
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -854,8 +882,12 @@ async def _zeros(total: int, chunk: int = 1024 * 1024) -> AsyncIterator[bytes]:
         sent += chunk
 
 
-async def _submit_oversize(intaker: Intaker) -> tuple[int, Any]:
-    """An act whose annex streams 150 MiB + 1 byte of zeros (never held in memory)."""
+@pytest.mark.asyncio(loop_scope="module")
+async def test_an_upload_over_150_mib_is_refused_naming_the_part_and_nothing_stored(
+    intaker: Intaker,
+) -> None:
+    before = await intaker.snapshot()
+    # The annex streams 150 MiB + 1 byte of zeros: never held in memory.
     form = aiohttp.FormData()
     form.add_field("flow", "actes")
     form.add_field("entity", ENTITY)
@@ -867,23 +899,12 @@ async def _submit_oversize(intaker: Intaker) -> tuple[int, Any]:
     resp = await intaker.client.post(
         "/api/v1/documents", data=form, headers={"Authorization": f"Bearer {intaker.token}"}
     )
-    return resp.status, await resp.json()
-
-
-@pytest.mark.asyncio(loop_scope="module")
-async def test_an_upload_over_150_mib_is_refused_and_nothing_stored(intaker: Intaker) -> None:
-    before = await intaker.snapshot()
-    status, body = await _submit_oversize(intaker)
-    assert status == 413, body
+    body = await resp.json()
+    assert resp.status == 413, body
     assert "157286400 bytes" in body["error"], body
-    assert await intaker.snapshot() == before
-
-
-@pytest.mark.asyncio(loop_scope="module")
-async def test_an_upload_over_150_mib_names_the_file_part(intaker: Intaker) -> None:
-    status, body = await _submit_oversize(intaker)
-    assert status == 413, body
     assert [p["field"] for p in body["problems"]] == ["files.annexe"], body
+    assert "enorme.pdf" in body["problems"][0]["message"], body
+    assert await intaker.snapshot() == before
 
 
 # --- hostile archives and XML through ``demat validate actes`` ---------------------------

@@ -172,3 +172,18 @@ def test_an_action_reopens_a_completed_document_on_its_step() -> None:
         eng.act(flow, eng.Doc("D2", "two", eng.COMPLETED, "send", 1, {}), "annuler", NOW, "x")
     with pytest.raises(eng.NotAllowed, match="no action 'purger'"):
         eng.act(flow, done, "purger", NOW, "x")
+
+
+def test_each_poll_advances_the_cadence_by_one_step() -> None:
+    first = apply(Pending(poll_after=300.0))
+    assert first.next_job is not None and first.next_job.polls == 1
+    waits = []
+    job = eng.Job("sign", "poll", 1, first.next_job.polls, first.next_job.poll_deadline)
+    for _ in range(3):
+        t = apply(Pending(poll_after=300.0), job=job)
+        assert t.next_job is not None
+        waits.append(t.next_job.due_at - NOW)
+        job = eng.Job("sign", "poll", 1, t.next_job.polls, t.next_job.poll_deadline)
+    assert waits == [4.0, 8.0, 16.0]  # first 2 s, factor 2: one step per poll
+    retried = apply(TransientError("503"), job=job)
+    assert retried.next_job is not None and retried.next_job.polls == job.polls
