@@ -13,18 +13,13 @@ import datetime as dt
 import io
 import json
 import re
-import shutil
 import ssl
-import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import aio_pika
 import aiohttp
 from asn1crypto import pem
 from asn1crypto import x509 as asn1_x509
@@ -32,9 +27,7 @@ from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.validation import async_validate_pdf_signature
 from pyhanko_certvalidator import ValidationContext
 
-from broker.transport import DEFAULT_PREFIX
 from connectors.actes.messages import ARActe, read_message
-from connectors.registry import all_connectors
 from connectors.sae.seda import read_transfer_reply
 from simulators.samples import simple_pdf
 from tests.e2e.harness import Api, Proc, start_simulator
@@ -347,50 +340,3 @@ async def api_client(url: str, token: str) -> AsyncIterator[Api]:
         yield api
     finally:
         await api.close()
-
-
-# --- RabbitMQ isolation ----------------------------------------------------------------
-
-
-def _rabbitmqctl(*args: str) -> bool:
-    try:
-        done = subprocess.run(
-            ["rabbitmqctl", *args], capture_output=True, text=True, timeout=60, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
-async def delete_demat_queues(url: str) -> None:
-    """The broker's queues and exchanges (``demat.*``) in the URL's virtual host."""
-    connection = await aio_pika.connect(url)
-    try:
-        channel = await connection.channel()
-        for name in [*all_connectors(), "parking"]:
-            await channel.queue_delete(f"{DEFAULT_PREFIX}.{name}")
-        for exchange in ("parking", "events"):
-            await channel.exchange_delete(f"{DEFAULT_PREFIX}.{exchange}")
-    finally:
-        await connection.close()
-
-
-@contextlib.asynccontextmanager
-async def isolated_amqp(amqp_url: str) -> AsyncIterator[str]:
-    """A virtual host of the test's own; without ``rabbitmqctl``, ``demat.*`` purged around."""
-    parts = urlsplit(amqp_url)
-    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    vhost = f"demat-actes-{uuid.uuid4().hex[:10]}"
-    if local and shutil.which("rabbitmqctl") and _rabbitmqctl("add_vhost", vhost):
-        try:
-            user = parts.username or "guest"
-            assert _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-            yield urlunsplit((parts.scheme, parts.netloc, f"/{vhost}", parts.query, ""))
-        finally:
-            _rabbitmqctl("delete_vhost", vhost)
-        return
-    await delete_demat_queues(amqp_url)
-    try:
-        yield amqp_url
-    finally:
-        await delete_demat_queues(amqp_url)

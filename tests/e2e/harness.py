@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import aio_pika
 import aiohttp
+
+from broker.transport import DEFAULT_PREFIX
+from connectors.registry import all_connectors
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"completed", "rejected", "failed", "cancelled"}
@@ -33,20 +42,22 @@ class Proc:
     async def start(self, ready_prefix: str, timeout: float = 30.0) -> str:
         err = self.log.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
-            *self.args, env=self.env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err)
+            *self.args, env=self.env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err
+        )
         err.close()
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:
             raw = await asyncio.wait_for(self.proc.stdout.readline(), deadline - time.monotonic())
             if not raw:
-                raise RuntimeError(f"{self.args} exited early; see {self.log}:\n"
-                                   f"{self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"{self.args} exited early; see {self.log}:\n{self.log.read_text()[-3000:]}"
+                )
             line = raw.decode().strip()
             self.lines.append(line)
             if line.startswith(ready_prefix):
                 self._reader = asyncio.create_task(self._drain())
-                return line[len(ready_prefix):]
+                return line[len(ready_prefix) :]
         raise TimeoutError(f"{self.args} did not print {ready_prefix!r}")
 
     async def _drain(self) -> None:
@@ -75,8 +86,9 @@ class Proc:
 
 def demat_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEMAT_")}
-    env.update({"DEMAT_DATA_DIR": str(data_dir), "DEMAT_LOG_FORMAT": "json",
-                "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {"DEMAT_DATA_DIR": str(data_dir), "DEMAT_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
+    )
     env.update(extra)
     return env
 
@@ -86,8 +98,11 @@ def demat(*args: str) -> list[str]:
 
 
 async def start_simulator(module: str, log: Path, *args: str) -> tuple[Proc, str]:
-    proc = Proc([sys.executable, "-m", f"simulators.{module}", "--port", "0", *args],
-                {**os.environ, "PYTHONUNBUFFERED": "1"}, log)
+    proc = Proc(
+        [sys.executable, "-m", f"simulators.{module}", "--port", "0", *args],
+        {**os.environ, "PYTHONUNBUFFERED": "1"},
+        log,
+    )
     url = await proc.start("LISTENING ")
     return proc, url
 
@@ -98,16 +113,17 @@ async def start_demat(role: str, env: dict[str, str], log: Path, *args: str) -> 
     if role in ("serve", "api"):
         return proc, await proc.start("API_URL=")
     proc.proc = await asyncio.create_subprocess_exec(
-        *proc.args, env=env, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
-        stderr=log.open("ab"))
+        *proc.args, env=env, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=log.open("ab")
+    )
     return proc, ""
 
 
 def run_cli(env: dict[str, str], *args: str) -> str:
     import subprocess
 
-    done = subprocess.run(demat(*args), env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        demat(*args), env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"demat {' '.join(args)} failed ({done.returncode}): {done.stderr}")
     return done.stdout
@@ -123,9 +139,14 @@ class Api:
     async def close(self) -> None:
         await self.http.close()
 
-    async def submit(self, entity: str, files: Iterable[tuple[str, str, bytes]],
-                     metadata: dict[str, Any] | None = None, flow: str = "depot",
-                     key: str | None = None) -> tuple[int, Any]:
+    async def submit(
+        self,
+        entity: str,
+        files: Iterable[tuple[str, str, bytes]],
+        metadata: dict[str, Any] | None = None,
+        flow: str = "depot",
+        key: str | None = None,
+    ) -> tuple[int, Any]:
         form = aiohttp.FormData()
         form.add_field("flow", flow)
         form.add_field("entity", entity)
@@ -133,8 +154,9 @@ class Api:
         for role, name, data in files:
             form.add_field(role, data, filename=name)
         headers = {"Idempotency-Key": key} if key else {}
-        async with self.http.post(f"{self.url}/api/v1/documents", data=form,
-                                  headers=headers) as resp:
+        async with self.http.post(
+            f"{self.url}/api/v1/documents", data=form, headers=headers
+        ) as resp:
             return resp.status, await resp.json()
 
     async def get(self, path: str, **params: str) -> Any:
@@ -173,7 +195,55 @@ async def sim_stats(url: str) -> dict[str, Any]:
 
 
 async def set_faults(url: str, rules: list[dict[str, Any]]) -> None:
-    async with aiohttp.ClientSession() as http, http.post(
-        f"{url}/_control/faults", json={"rules": rules}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{url}/_control/faults", json={"rules": rules}) as resp,
+    ):
         assert resp.status == 200, await resp.text()
+
+
+# --- RabbitMQ isolation ----------------------------------------------------------------
+
+
+def _rabbitmqctl(*args: str) -> bool:
+    try:
+        done = subprocess.run(
+            ["rabbitmqctl", *args], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+async def delete_demat_queues(url: str) -> None:
+    """The broker's queues and exchanges (``demat.*``) in the URL's virtual host."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        for name in [*all_connectors(), "parking"]:
+            await channel.queue_delete(f"{DEFAULT_PREFIX}.{name}")
+        for exchange in ("parking", "events"):
+            await channel.exchange_delete(f"{DEFAULT_PREFIX}.{exchange}")
+    finally:
+        await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def isolated_amqp(amqp_url: str) -> AsyncIterator[str]:
+    """A virtual host of the test's own; without ``rabbitmqctl``, ``demat.*`` purged around."""
+    parts = urlsplit(amqp_url)
+    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    vhost = f"demat-test-{uuid.uuid4().hex[:10]}"
+    if local and shutil.which("rabbitmqctl") and _rabbitmqctl("add_vhost", vhost):
+        try:
+            user = parts.username or "guest"
+            assert _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+            yield urlunsplit((parts.scheme, parts.netloc, f"/{vhost}", parts.query, ""))
+        finally:
+            _rabbitmqctl("delete_vhost", vhost)
+        return
+    await delete_demat_queues(amqp_url)
+    try:
+        yield amqp_url
+    finally:
+        await delete_demat_queues(amqp_url)

@@ -57,7 +57,6 @@ from tests.e2e.actes_stack import (
     check_completed_act,
     check_signed_pdf,
     download,
-    isolated_amqp,
     post_act,
     refresh_classification,
     start_peers,
@@ -67,7 +66,15 @@ from tests.e2e.actes_stack import (
     wait_state,
     write_config,
 )
-from tests.e2e.harness import TERMINAL, Api, Proc, demat_env, run_cli, start_demat
+from tests.e2e.harness import (
+    TERMINAL,
+    Api,
+    Proc,
+    demat_env,
+    isolated_amqp,
+    run_cli,
+    start_demat,
+)
 from tests.unit.actes import factory
 
 # --- processes ------------------------------------------------------------------------

@@ -16,33 +16,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import shutil
 import signal
 import socket
 import sqlite3
-import subprocess
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import aio_pika
 import aiohttp
 import asyncpg
 import pytest
 
-from broker.transport import DEFAULT_PREFIX
-from connectors.registry import all_connectors
 from tests.e2e.conftest import ENTITY, write_config
 from tests.e2e.harness import (
     TERMINAL,
     Api,
     Proc,
     demat_env,
+    isolated_amqp,
     run_cli,
     set_faults,
     sim_stats,
@@ -74,58 +68,11 @@ COMMON_SETTINGS = {
 # --- RabbitMQ isolation -----------------------------------------------------------------
 
 
-def _with_vhost(url: str, vhost: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{vhost}", parts.query, ""))
-
-
-def _rabbitmqctl(*args: str) -> bool:
-    try:
-        done = subprocess.run(
-            ["rabbitmqctl", *args], capture_output=True, text=True, timeout=60, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
-async def _delete_demat_queues(url: str) -> None:
-    queues = [f"{DEFAULT_PREFIX}.{name}" for name in all_connectors()]
-    connection = await aio_pika.connect(url)
-    try:
-        # Deleting what does not exist is no error on RabbitMQ.
-        channel = await connection.channel()
-        for queue in [*queues, f"{DEFAULT_PREFIX}.parking"]:
-            await channel.queue_delete(queue)
-        for exchange in ("parking", "events"):
-            await channel.exchange_delete(f"{DEFAULT_PREFIX}.{exchange}")
-    finally:
-        await connection.close()
-
-
 @pytest.fixture
 async def isolated_amqp_url(amqp_url: str) -> AsyncIterator[str]:
-    """The broker's queue names are fixed (``demat.*``): a virtual host of this test's own.
-
-    Without ``rabbitmqctl`` on the RabbitMQ machine, the broker's queues in the
-    virtual host of the URL are deleted before and after the test instead.
-    """
-    parts = urlsplit(amqp_url)
-    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    vhost = f"demat-crash-{uuid.uuid4().hex[:10]}"
-    if local and shutil.which("rabbitmqctl") and _rabbitmqctl("add_vhost", vhost):
-        try:
-            user = parts.username or "guest"
-            assert _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-            yield _with_vhost(amqp_url, vhost)
-        finally:
-            _rabbitmqctl("delete_vhost", vhost)
-        return
-    await _delete_demat_queues(amqp_url)
-    try:
-        yield amqp_url
-    finally:
-        await _delete_demat_queues(amqp_url)
+    """The broker's queue names are fixed (``demat.*``): a virtual host of this test's own."""
+    async with isolated_amqp(amqp_url) as url:
+        yield url
 
 
 # --- submitting -------------------------------------------------------------------------
