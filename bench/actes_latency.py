@@ -38,7 +38,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
 import ssl
 import statistics
@@ -52,13 +51,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from children import Child
 
 from broker import registry
 from broker.store.db import make_engine
 from broker.store.migrate import upgrade
 from simulators.samples import simple_pdf
 
-ROOT = Path(__file__).resolve().parents[1]
 ENTITY = "214000150"
 DEPARTEMENT = "040"
 TARGET_P50 = 2.0
@@ -66,57 +65,6 @@ BASELINE_TRIES = 20
 
 
 # --- processes --------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    """A child process whose stdout ``KEY=VALUE`` lines are kept until its ready line."""
-
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    log: Path
-    info: dict[str, str] = field(default_factory=dict)
-    proc: asyncio.subprocess.Process | None = None
-    _drain: asyncio.Task[None] | None = None
-
-    async def start(self, ready_prefix: str, timeout: float = 60.0) -> str:
-        with self.log.open("ab") as err:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.args, env=self.env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err
-            )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            raw = await asyncio.wait_for(self.proc.stdout.readline(), deadline - time.monotonic())
-            if not raw:
-                raise RuntimeError(f"{self.name} exited early; see {self.log}")
-            line = raw.decode().strip()
-            if line.startswith(ready_prefix):
-                self._drain = asyncio.create_task(self._read_all())
-                return line[len(ready_prefix) :]
-            key, sep, value = line.partition("=")
-            if sep:
-                self.info[key] = value
-        raise TimeoutError(f"{self.name} did not print {ready_prefix!r}; see {self.log}")
-
-    async def _read_all(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while await self.proc.stdout.readline():
-            pass
-
-    async def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 20)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._drain is not None:
-            self._drain.cancel()
 
 
 def free_port() -> int:

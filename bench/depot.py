@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -42,11 +41,11 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import aiohttp
 import asyncpg
+from children import ROOT, Child
 
 from broker.transport import DEFAULT_PREFIX
 from connectors.registry import all_connectors
 
-ROOT = Path(__file__).resolve().parents[1]
 ENTITY = "214000150"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -58,61 +57,6 @@ BASELINE_PREFETCH = 100
 
 
 # --- processes --------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    """A child process; stdout is read until its ready line, stderr goes to a log file."""
-
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    log: Path
-    proc: asyncio.subprocess.Process | None = None
-    _drain: asyncio.Task[None] | None = None
-
-    async def start(self, ready_prefix: str | None, timeout: float = 60.0) -> str:
-        with self.log.open("ab") as err:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.args, env=self.env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err
-            )
-        if ready_prefix is None:
-            self._drain = asyncio.create_task(self._read_all())
-            return ""
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            raw = await asyncio.wait_for(self.proc.stdout.readline(), deadline - time.monotonic())
-            if not raw:
-                raise RuntimeError(f"{self.name} exited early; see {self.log}")
-            line = raw.decode().strip()
-            if line.startswith(ready_prefix):
-                self._drain = asyncio.create_task(self._read_all())
-                return line[len(ready_prefix) :]
-        raise TimeoutError(f"{self.name} did not print {ready_prefix!r}; see {self.log}")
-
-    async def _read_all(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while await self.proc.stdout.readline():
-            pass
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 20)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._drain is not None:
-            self._drain.cancel()
 
 
 def demat(*args: str) -> list[str]:
