@@ -45,7 +45,8 @@ def _resolves(args: list[str]) -> click.Command:
 def test_every_compose_command_exists_in_the_cli() -> None:
     services = _compose()["services"]
     commands = {name: s["command"] for name, s in services.items() if "command" in s}
-    assert {"api", "relay", "worker", "gf", "migrate"} <= set(commands)
+    assert {"api", "relay", "worker", "gf", "parapheur", "tdt", "asalae", "migrate"} <= set(
+        commands)
     for name, command in commands.items():
         assert command[0] == "demat", name
         leaf = _resolves(command[1:])
