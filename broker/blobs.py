@@ -12,11 +12,14 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK = 256 * 1024
+# Uploads up to this size are gathered in memory and written in one go.
+SMALL = 64 * 1024
 
 
 class TooLarge(Exception):
@@ -59,10 +62,15 @@ class BlobStore:
         return self.path(sha256).exists()
 
     async def stage(self, chunks: AsyncIterator[bytes], limit: int) -> Staged:
-        """Stream ``chunks`` to a temporary file; raise TooLarge past ``limit`` bytes."""
+        """Stream ``chunks`` to a temporary file; raise TooLarge past ``limit`` bytes.
+
+        A small file is gathered in memory and written by one call to the thread
+        pool; a larger one is written as it comes, so memory stays flat.
+        """
         tmp_path = self.tmp / f"up-{uuid.uuid4().hex}"
         digest, size, head = hashlib.sha256(), 0, b""
-        fh = await asyncio.to_thread(open, tmp_path, "wb")
+        gathered: list[bytes] = []
+        fh: BinaryIO | None = None
         try:
             async for chunk in chunks:
                 size += len(chunk)
@@ -71,13 +79,25 @@ class BlobStore:
                 if len(head) < 4096:
                     head += chunk[: 4096 - len(head)]
                 digest.update(chunk)
-                fh.write(chunk)
-            await asyncio.to_thread(_flush_and_sync, fh)
+                if fh is not None:
+                    fh.write(chunk)
+                    continue
+                gathered.append(chunk)
+                if size > SMALL:
+                    fh = await asyncio.to_thread(open, tmp_path, "wb")
+                    fh.writelines(gathered)
+                    gathered.clear()
+            if fh is None:
+                await asyncio.to_thread(_write_synced, tmp_path, gathered)
+            else:
+                await asyncio.to_thread(_flush_and_sync, fh)
         except BaseException:
-            fh.close()
+            if fh is not None:
+                fh.close()
             tmp_path.unlink(missing_ok=True)
             raise
-        fh.close()
+        if fh is not None:
+            fh.close()
         return Staged(tmp_path, digest.hexdigest(), size, head)
 
     async def stage_file(self, source: Path) -> Staged:
@@ -99,18 +119,28 @@ class BlobStore:
 
     async def commit(self, staged: Staged) -> Path:
         """Move a staged file to its content address (durably) and return it."""
+        (final,) = await self.commit_many([staged])
+        return final
 
-        def _commit() -> Path:
-            final = self.path(staged.sha256)
-            if final.exists():
-                staged.tmp_path.unlink(missing_ok=True)
-                return final
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged.tmp_path, final)
-            _fsync_dir(final.parent)
-            return final
+    async def commit_many(self, staged: Sequence[Staged]) -> list[Path]:
+        """Move staged files to their content addresses, one directory sync per directory."""
 
-        return await asyncio.to_thread(_commit)
+        def _commit() -> list[Path]:
+            finals, moved_into = [], set()
+            for item in staged:
+                final = self.path(item.sha256)
+                finals.append(final)
+                if final.exists():
+                    item.tmp_path.unlink(missing_ok=True)
+                    continue
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(item.tmp_path, final)
+                moved_into.add(final.parent)
+            for directory in moved_into:
+                _fsync_dir(directory)
+            return finals
+
+        return await asyncio.to_thread(_commit) if staged else []
 
     def discard(self, staged: Staged) -> None:
         staged.tmp_path.unlink(missing_ok=True)
@@ -124,6 +154,12 @@ class BlobStore:
             fh.close()
 
 
-def _flush_and_sync(fh: object) -> None:
-    fh.flush()  # type: ignore[attr-defined]
-    os.fsync(fh.fileno())  # type: ignore[attr-defined]
+def _flush_and_sync(fh: BinaryIO) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _write_synced(path: Path, chunks: Sequence[bytes]) -> None:
+    with path.open("wb") as fh:
+        fh.writelines(chunks)
+        _flush_and_sync(fh)

@@ -118,9 +118,8 @@ async def store(rt: Runtime, entity: str, item: Incoming, actor: str) -> str | N
             related, actor))
     try:
         async with rt.db.begin() as conn:
-            await docs.insert_document(conn, doc, entity, t, item.key)
-            await docs.insert_files(conn, doc.id, files, t)
-            await docs.write_transition(conn, doc, entity, transition, t)
+            await docs.insert_documents(conn, [docs.NewDocument(
+                docs.TransitionWrite(doc, entity, transition), files, item.key)], t)
     except sa.exc.IntegrityError:
         return None  # another relay stored it meanwhile
     log.info("incoming document stored", document=doc.id, flow=flow.name, related=related)

@@ -7,10 +7,12 @@ import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker import registry
+from broker.batch import Batcher
 from broker.blobs import BlobStore
 from broker.engine import Policies
 from broker.flows.base import Flow
@@ -20,6 +22,7 @@ from broker.store.db import make_engine
 from broker.store.migrate import upgrade
 from broker.transport import make_transport
 from broker.transport.base import Transport
+from broker.ttlcache import TtlCache
 from connectors.base import Connector
 
 
@@ -47,6 +50,10 @@ class Runtime:
     connectors: Mapping[str, Connector]
     flows: Mapping[str, Flow] = field(default_factory=lambda: dict(FLOWS))
     notifier: Notifier = field(default_factory=Notifier)
+    # Group-commit writers of this process, by use (created by their users).
+    writers: dict[str, Batcher[Any, Any]] = field(default_factory=dict)
+    # Entities seen in the store lately: intake need not look them up each time.
+    known_entities: TtlCache[bool] = field(default_factory=TtlCache)
 
     @property
     def policies(self) -> Policies:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass
 from datetime import date
+from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -20,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import engine as eng
 from broker import journal, registry
+from broker.batch import Batcher
 from broker.blobs import Staged
 from broker.flows.base import Flow, Intake, Problem, UploadedFile
 from broker.ids import new_id, siren_problem
@@ -125,13 +129,17 @@ async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: st
             raise ServiceError(413, f"upload of {total} bytes exceeds the {cap} bytes allowed "
                                f"for flow {flow.name}", [Problem("files", f"{total} bytes in "
                                f"all, {cap} allowed for flow {flow.name}")])
-    # Every check that needs the store, on one connection.
-    async with rt.db.connect() as conn:
-        if entity and await registry.get_entity(conn, entity) is None:
-            problems.append(Problem("entity", f"unknown entity {entity}"))
-            entity = None
+    # Every check that needs the store, on one connection opened only if one does.
+    async with AsyncExitStack() as stack:
+        store = _LazyConnection(rt, stack)
+        if entity and not rt.known_entities.has(entity):
+            if await registry.get_entity(await store.conn(), entity) is None:
+                problems.append(Problem("entity", f"unknown entity {entity}"))
+                entity = None
+            else:
+                rt.known_entities.put(entity, True)
         if entity and submission_key:
-            earlier = await _by_submission_key(conn, entity, submission_key)
+            earlier = await _by_submission_key(await store.conn(), entity, submission_key)
             if earlier is not None:
                 for part in parts:
                     rt.blobs.discard(part.staged)
@@ -145,29 +153,21 @@ async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: st
                                      err["msg"]) for err in exc.errors()]
         if flow is not None and model is not None and entity:
             uploads = [UploadedFile(p.role, p.name, p.staged.size, p.staged.head) for p in parts]
-            problems += flow.check(model, uploads, await _intake(conn, flow.name, entity))
-            problems += await _key_problems(conn, flow.name, entity, flow.unique_key(model))
+            problems += flow.check(model, uploads, await _intake(store, flow, entity))
+            if unique := flow.unique_key(model):
+                problems += await _key_problems(await store.conn(), flow.name, entity, unique)
     if problems:
         raise ServiceError(422, "; ".join(f"{p.field}: {p.message}" for p in problems), problems)
     assert flow is not None and entity is not None and model is not None and metadata is not None
     unique = flow.unique_key(model)
-    # Blobs first: a crash before the commit leaves unreferenced blobs only.
-    for part in parts:
-        await rt.blobs.commit(part.staged)
-    t = now()
     doc = eng.Doc(new_id(), flow.name, eng.QUEUED, None, 0, metadata)
-    transition = eng.start(flow, doc, t, who.actor)
-    try:
-        async with rt.db.begin() as conn:
-            await docs.insert_document(conn, doc, entity, t, unique[1] if unique else None,
-                                       submission_key)
-            await docs.insert_files(conn, doc.id, [
-                StoredFile(p.role, p.name, p.content_type, p.staged.size, p.staged.sha256)
-                for p in parts], t)
-            await docs.write_transition(conn, doc, entity, transition, t)
-            row = await docs.get_document(conn, doc.id)
-            view = _doc_view(row, await docs.get_files(conn, doc.id))
-    except sa.exc.IntegrityError as exc:
+    stored = [StoredFile(p.role, p.name, p.content_type, p.staged.size, p.staged.sha256)
+              for p in parts]
+    first = eng.start(flow, doc, now(), who.actor)
+    new = docs.NewDocument(docs.TransitionWrite(doc, entity, first), stored,
+                           unique[1] if unique else None, submission_key)
+    written = await _intake_writer(rt)(_Pending(new, [p.staged for p in parts]))
+    if written is None:
         # Another submission took the same key between the check and the insert.
         async with rt.db.connect() as conn:
             if submission_key and (earlier := await _by_submission_key(conn, entity,
@@ -175,10 +175,74 @@ async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: st
                 return Submitted(earlier, created=False)
             problems = await _key_problems(conn, flow.name, entity, unique)
         raise ServiceError(422, "; ".join(f"{p.field}: {p.message}" for p in problems)
-                           or "conflicting submission", problems) from exc
+                           or "conflicting submission", problems)
+    file_ids, t = written
     DOCUMENTS_SUBMITTED.labels(flow.name).inc()
     rt.notifier.notify()
-    return Submitted(view)
+    # The answer is what was just written: no read back.
+    row = SimpleNamespace(
+        id=doc.id, flow=flow.name, entity=entity, state=first.state, step=first.step,
+        run=first.run, next_due_at=first.next_due_at, last_error=first.last_error,
+        metadata={**metadata, **first.metadata}, refs={}, created_at=t, updated_at=t)
+    files = [SimpleNamespace(id=file_id, **asdict(f)) for file_id, f in zip(file_ids, stored,
+                                                                           strict=True)]
+    return Submitted(_doc_view(row, files))
+
+
+class _LazyConnection:
+    """A store connection opened on first use, closed with the stack."""
+
+    def __init__(self, rt: Runtime, stack: AsyncExitStack) -> None:
+        self._rt, self._stack = rt, stack
+        self._conn: AsyncConnection | None = None
+
+    async def conn(self) -> AsyncConnection:
+        if self._conn is None:
+            self._conn = await self._stack.enter_async_context(self._rt.db.connect())
+        return self._conn
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A checked submission waiting for the next intake commit."""
+
+    new: docs.NewDocument
+    staged: list[Staged]
+
+
+def _intake_writer(rt: Runtime) -> Batcher[_Pending, tuple[list[str], float] | None]:
+    writer = rt.writers.get("intake")
+    if writer is None:
+        writer = rt.writers["intake"] = Batcher(partial(_write_intakes, rt))
+    return writer
+
+
+async def _write_intakes(rt: Runtime, pending: list[_Pending]
+                         ) -> list[tuple[list[str], float] | None]:
+    """Commit the blobs, then insert the documents in one transaction.
+
+    Each gets its file ids and the commit time, or None when its keys conflict
+    with a document stored meanwhile (the others still go in).
+    """
+    # Blobs first: a crash before the commit leaves unreferenced blobs only.
+    await rt.blobs.commit_many([s for p in pending for s in p.staged])
+    t = now()
+    try:
+        async with rt.db.begin() as conn:
+            ids = await docs.insert_documents(conn, [p.new for p in pending], t)
+        return [(file_ids, t) for file_ids in ids]
+    except sa.exc.IntegrityError:
+        if len(pending) == 1:
+            return [None]
+    written: list[tuple[list[str], float] | None] = []
+    for p in pending:
+        try:
+            async with rt.db.begin() as conn:
+                (file_ids,) = await docs.insert_documents(conn, [p.new], t)
+            written.append((file_ids, t))
+        except sa.exc.IntegrityError:
+            written.append(None)
+    return written
 
 
 async def _by_submission_key(conn: AsyncConnection, entity: str,
@@ -188,8 +252,10 @@ async def _by_submission_key(conn: AsyncConnection, entity: str,
     return _doc_view(row, await docs.get_files(conn, row.id)) if row else None
 
 
-async def _intake(conn: AsyncConnection, flow: str, entity: str) -> Intake:
-    known = await classifications.get(conn, entity, flow)
+async def _intake(store: _LazyConnection, flow: Flow, entity: str) -> Intake:
+    # Only a flow with a classification reads one.
+    known = (await classifications.get(await store.conn(), entity, flow.name)
+             if flow.classification_from else None)
     return Intake(entity, date.today(), known.data if known else None,
                   known.version_date if known else None)
 

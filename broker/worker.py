@@ -18,7 +18,7 @@ import socket
 import tempfile
 import time
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import sqlalchemy as sa
 import structlog
 
 from broker import engine as eng
+from broker.batch import Batcher
 from broker.ids import new_id
 from broker.metrics import JOB_RUNS, STEP_SECONDS
 from broker.outcomes import Done, NewFile, Outcome, Rejected, StepError, TransientError
@@ -34,7 +35,7 @@ from broker.retry import AttemptRecord, InCallRetry
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
 from broker.store.documents import StoredFile
-from broker.store.schema import documents, entities, jobs, workers
+from broker.store.schema import documents, entities, files, jobs, workers
 from broker.transport.base import Consumer, Delivery
 from connectors.base import FileView, StepContext
 
@@ -44,9 +45,11 @@ HEARTBEAT_SECONDS = 2.0
 
 
 def _remove(workdir: Path) -> None:
-    # Most steps leave their scratch dir empty: skip the tree walk then.
+    # Most steps use no scratch dir, or leave it empty: skip the tree walk then.
     try:
         workdir.rmdir()
+    except FileNotFoundError:
+        return
     except OSError:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -59,6 +62,18 @@ class Claim:
     doc: Any
     files: list[Any]
     config: dict[str, Any]
+    # Fences the commit: only the holder of the current claim may write the outcome.
+    token: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A step's result, waiting for the next commit."""
+
+    claim: Claim
+    result: Outcome | StepError
+    attempts: list[AttemptRecord]
+    produced: list[StoredFile]
 
 
 def job_message_body(job_id: str) -> bytes:
@@ -78,6 +93,9 @@ class Worker:
         self._http: aiohttp.ClientSession | None = None
         self._rng = random.Random()
         self._workroot = Path(tempfile.mkdtemp(prefix="work-", dir=runtime.settings.tmp_dir))
+        # Jobs delivered together are claimed, and their outcomes committed, together.
+        self._claims: Batcher[str, Claim | None] = Batcher(self._claim_many)
+        self._commits: Batcher[Finished, None] = Batcher(self._commit_many)
 
     async def start(self) -> None:
         t = now()
@@ -120,46 +138,59 @@ class Worker:
                 log.warning("heartbeat failed", error=str(exc))
 
     async def handle(self, delivery: Delivery) -> None:
-        job_id = json.loads(delivery.body)["job"]
-        token = new_id()
-        claim = await self._claim(job_id, token)
+        claim = await self._claims(json.loads(delivery.body)["job"])
         if claim is None:
             return
         with structlog.contextvars.bound_contextvars(
-            document=claim.doc.id, job=job_id, entity=claim.doc.entity, flow=claim.doc.flow,
-            step=claim.job.step, attempt=claim.job.run, worker=self.id,
+            document=claim.doc.id, job=claim.job.id, entity=claim.doc.entity,
+            flow=claim.doc.flow, step=claim.job.step, attempt=claim.job.run, worker=self.id,
         ):
-            await self._run(claim, token)
+            await self._run(claim)
 
-    async def _claim(self, job_id: str, token: str) -> Claim | None:
-        """Take the job (one transaction): its row, its document, files and entity config."""
+    async def _claim_many(self, job_ids: list[str]) -> list[Claim | None]:
+        """Take jobs (one transaction): their rows, documents, files and entity configs.
+
+        A job already run or being run (a duplicate delivery) gets None: acked and dropped.
+        """
         t = now()
+        token = new_id()
         lease = self.rt.settings.seconds("lease")
         async with self.rt.db.begin() as conn:
-            job_row = (await conn.execute(jobs.update().where(
-                jobs.c.id == job_id,
+            job_rows = {row.id: row for row in await conn.execute(jobs.update().where(
+                jobs.c.id.in_(sorted(set(job_ids))),
                 sa.or_(jobs.c.state.in_(("published", "scheduled")),
                        sa.and_(jobs.c.state == "running", jobs.c.lease_until < t)),
             ).values(state="running", worker_id=self.id, claim_token=token, lease_until=t + lease)
-                .returning(*jobs.c))).first()
-            if job_row is None:
-                # Already run or being run: a duplicate delivery, acked and dropped.
-                return None
-            doc_row = await docs.lock_document(conn, job_row.document_id)
-            if doc_row is None or doc_row.state in eng.TERMINAL:
-                await conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                .returning(*jobs.c))}
+            if not job_rows:
+                return [None] * len(job_ids)
+            # Mark the documents running and read them back in one statement.
+            doc_rows = {row.id: row for row in await conn.execute(documents.update().where(
+                documents.c.id == jobs.c.document_id, jobs.c.claim_token == token,
+                documents.c.state.not_in(eng.TERMINAL)).values(
+                state=eng.RUNNING, step=jobs.c.step, run=jobs.c.run, next_due_at=None,
+                updated_at=t).returning(*documents.c))}
+            ended = [j.id for j in job_rows.values() if j.document_id not in doc_rows]
+            if ended:
+                await conn.execute(jobs.update().where(jobs.c.id.in_(ended)).values(
                     state="cancelled", finished_at=t, last_error="document no longer active"))
-                return None
-            await conn.execute(documents.update().where(
-                documents.c.id == doc_row.id).values(
-                state=eng.RUNNING, step=job_row.step, run=job_row.run, next_due_at=None,
-                updated_at=t))
-            file_rows = await docs.get_files(conn, doc_row.id)
-            entity = (await conn.execute(
-                sa.select(entities.c.connectors).where(entities.c.siren == doc_row.entity)
-            )).first()
-        config = (entity.connectors if entity else {}).get(job_row.connector, {})
-        return Claim(job_row, doc_row, file_rows, config)
+            file_rows: dict[str, list[Any]] = {}
+            for f in await conn.execute(sa.select(files).where(
+                    files.c.document_id.in_(list(doc_rows))).order_by(files.c.id)):
+                file_rows.setdefault(f.document_id, []).append(f)
+            configs = {row.siren: row.connectors for row in await conn.execute(
+                sa.select(entities.c.siren, entities.c.connectors).where(
+                    entities.c.siren.in_({d.entity for d in doc_rows.values()})))}
+        claims: list[Claim | None] = []
+        for job_id in job_ids:
+            job = job_rows.pop(job_id, None)  # a job listed twice is claimed once
+            doc = doc_rows.get(job.document_id) if job is not None else None
+            if job is None or doc is None:
+                claims.append(None)
+                continue
+            config = configs.get(doc.entity, {}).get(job.connector, {})
+            claims.append(Claim(job, doc, file_rows.get(doc.id, []), config, token))
+        return claims
 
     def _context(self, claim: Claim, attempts: list[AttemptRecord],
                  workdir: Path) -> StepContext:
@@ -187,12 +218,11 @@ class Worker:
             retry=InCallRetry(self.rt.settings.retry_policy, attempts.append),
             save_ref=save_ref, save_file=save_file)
 
-    async def _run(self, claim: Claim, token: str) -> None:
-        job_row, doc_row = claim.job, claim.doc
+    async def _run(self, claim: Claim) -> None:
+        job_row = claim.job
         connector = self.rt.connectors[job_row.connector]
         attempts: list[AttemptRecord] = []
-        workdir = self._workroot / job_row.id
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = self._workroot / job_row.id  # made by the connector if it needs one
         started = time.perf_counter()
         try:
             ctx = self._context(claim, attempts, workdir)
@@ -212,7 +242,11 @@ class Worker:
         JOB_RUNS.labels(job_row.connector, outcome_name).inc()
         STEP_SECONDS.labels(job_row.connector).observe(elapsed)
         try:
-            await self._commit(job_row, doc_row, token, result, attempts)
+            outputs = result.files if isinstance(result, Done | Rejected) else ()
+            # Blobs go in before the rows that reference them: a crash in between
+            # leaves an unreferenced blob, never a reference to a missing one.
+            produced = await self._stage_outputs(outputs, job_row.step)
+            await self._commits(Finished(claim, result, attempts, produced))
         finally:
             _remove(workdir)
         log.info("step ran", outcome=outcome_name, seconds=round(elapsed, 3),
@@ -228,33 +262,51 @@ class Worker:
                                      staged.sha256, step))
         return stored
 
-    async def _commit(self, job_row: Any, doc_row: Any, token: str,
-                      result: Outcome | StepError, attempts: list[AttemptRecord]) -> None:
-        # Blobs go in before the rows that reference them: a crash in between
-        # leaves an unreferenced blob, never a reference to a missing one.
-        outputs = result.files if isinstance(result, Done | Rejected) else ()
-        produced = await self._stage_outputs(outputs, job_row.step)
+    async def _commit_many(self, done: list[Finished]) -> list[None]:
+        """Write the outcomes of several jobs in one transaction, each fenced by its claim."""
         t = now()
         async with self.rt.db.begin() as conn:
-            # Document first: the same lock order as the API's cancel and retry.
-            current = await docs.lock_document(conn, doc_row.id)
-            fenced = await conn.execute(jobs.update().where(
-                jobs.c.id == job_row.id, jobs.c.claim_token == token,
-                jobs.c.state == "running").values(state="done", finished_at=t))
-            if fenced.rowcount != 1:
-                log.warning("claim lost before commit; outcome dropped")
-                return
-            if current is None or current.state in eng.TERMINAL:
-                await conn.execute(jobs.update().where(jobs.c.id == job_row.id).values(
-                    state="cancelled", last_error="document ended meanwhile"))
-                return
-            doc = docs.doc_of(current)
-            transition = eng.apply(self.rt.flows[doc.flow], doc, docs.job_of(job_row), result,
-                                   t, self.rt.policies, attempts, self._rng)
-            if transition.park or transition.last_error:
-                await conn.execute(jobs.update().where(jobs.c.id == job_row.id).values(
-                    state="parked" if transition.park else "done",
-                    last_error=transition.last_error))
-            await docs.write_transition(conn, doc, current.entity, transition, t, produced)
-        if transition.next_job and transition.next_job.due_at <= now():
+            # Documents first, in id order: the lock order of the API's cancel and retry.
+            rows = {row.id: row for row in await conn.execute(
+                sa.select(documents).where(
+                    documents.c.id.in_(sorted({f.claim.doc.id for f in done})))
+                .order_by(documents.c.id).with_for_update())}
+            current = {doc_id: docs.doc_of(row) for doc_id, row in rows.items()}
+            fenced = set((await conn.execute(jobs.update().where(
+                sa.tuple_(jobs.c.id, jobs.c.claim_token).in_(
+                    [(f.claim.job.id, f.claim.token) for f in done]),
+                jobs.c.state == "running").values(state="done", finished_at=t)
+                .returning(jobs.c.id))).scalars())
+            writes: list[docs.TransitionWrite] = []
+            job_updates: list[dict[str, Any]] = []
+            for f in done:
+                job_row = f.claim.job
+                if job_row.id not in fenced:
+                    log.warning("claim lost before commit; outcome dropped", job=job_row.id)
+                    continue
+                doc = current.get(job_row.document_id)
+                if doc is None or doc.state in eng.TERMINAL:
+                    job_updates.append({"_id": job_row.id, "state": "cancelled",
+                                        "last_error": "document ended meanwhile"})
+                    continue
+                transition = eng.apply(self.rt.flows[doc.flow], doc, docs.job_of(job_row),
+                                       f.result, t, self.rt.policies, f.attempts, self._rng)
+                if transition.park or transition.last_error:
+                    job_updates.append({"_id": job_row.id,
+                                        "state": "parked" if transition.park else "done",
+                                        "last_error": transition.last_error})
+                writes.append(docs.TransitionWrite(doc, rows[doc.id].entity, transition,
+                                                   f.produced))
+                # A second outcome for the same document in this batch follows this one.
+                current[doc.id] = replace(
+                    doc, state=transition.state, step=transition.step, run=transition.run,
+                    metadata={**doc.metadata, **transition.metadata})
+            if job_updates:
+                await conn.execute(_UPDATE_JOB, job_updates)
+            await docs.write_transitions(conn, writes, t)
+        if any(w.transition.next_job and w.transition.next_job.due_at <= now() for w in writes):
             self.rt.notifier.notify()
+        return [None] * len(done)
+
+
+_UPDATE_JOB = jobs.update().where(jobs.c.id == sa.bindparam("_id"))

@@ -90,6 +90,11 @@ class StepContext:
     def files_with_role(self, role: str) -> list[FileView]:
         return [f for f in self.files if f.role == role]
 
+    def scratch(self, name: str = "") -> Path:
+        """This run's scratch directory (or ``name`` in it): made on first use, removed after."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return self.workdir / name if name else self.workdir
+
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run one peer call with the quick in-call retries."""
         return await self.retry(fn)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +23,7 @@ from broker.runtime import Runtime
 from broker.service import ServiceError, StagedPart
 from broker.sniff import sniff
 from broker.store.schema import documents
+from broker.ttlcache import TtlCache
 
 log = structlog.get_logger("demat.api")
 
@@ -48,18 +48,15 @@ class TokenCache:
     """Hashed-token lookups, kept briefly so each request does not hit the store."""
 
     def __init__(self) -> None:
-        self._seen: dict[str, tuple[float, Principal | None]] = {}
+        self._seen: TtlCache[Principal | None] = TtlCache(TOKEN_CACHE_SECONDS)
 
     async def principal(self, rt: Runtime, token: str) -> Principal | None:
         key = registry.hash_token(token)
-        hit = self._seen.get(key)
-        if hit and hit[0] > time.monotonic():
-            return hit[1]
+        if self._seen.has(key):
+            return self._seen.get(key)
         async with rt.db.connect() as conn:
             who = await registry.authenticate(conn, token)
-        if len(self._seen) > 10_000:
-            self._seen.clear()
-        self._seen[key] = (time.monotonic() + TOKEN_CACHE_SECONDS, who)
+        self._seen.put(key, who)
         return who
 
 

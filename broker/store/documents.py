@@ -43,56 +43,127 @@ def job_of(row: Any) -> Job:
     return Job(row.step, row.kind, row.run, row.polls, row.poll_deadline)
 
 
-async def insert_document(conn: AsyncConnection, doc: Doc, entity: str, now: float,
-                          unique_key: str | None = None,
-                          submission_key: str | None = None) -> None:
-    await conn.execute(documents.insert().values(
-        id=doc.id, flow=doc.flow, entity=entity, state=doc.state, step=doc.step, run=doc.run,
-        metadata=dict(doc.metadata), refs={}, created_at=now, updated_at=now,
-        unique_key=unique_key, submission_key=submission_key))
+@dataclass(frozen=True)
+class NewDocument:
+    """A submitted document: its first transition, its files and its keys."""
+
+    start: TransitionWrite
+    files: Sequence[StoredFile]
+    unique_key: str | None = None
+    submission_key: str | None = None
+
+
+async def insert_documents(conn: AsyncConnection, new: Sequence[NewDocument],
+                           now: float) -> list[list[str]]:
+    """Insert documents already in their first state; the ids of their files, in order."""
+    rows, file_rows, file_ids = [], [], []
+    for n in new:
+        doc, first = n.start.doc, n.start.transition
+        rows.append({
+            "id": doc.id, "flow": doc.flow, "entity": n.start.entity, "state": first.state,
+            "step": first.step, "run": first.run, "next_due_at": first.next_due_at,
+            "last_error": first.last_error, "metadata": {**doc.metadata, **first.metadata},
+            "refs": {}, "created_at": now, "updated_at": now,
+            "unique_key": None if first.state in RELEASES_KEY else n.unique_key,
+            "submission_key": n.submission_key})
+        ids = [new_id() for _ in n.files]
+        file_rows += [_file_row(i, doc.id, f, now) for i, f in zip(ids, n.files, strict=True)]
+        file_ids.append(ids)
+    await conn.execute(documents.insert(), rows)
+    if file_rows:
+        await conn.execute(files.insert(), file_rows)
+    await write_transitions(conn, [n.start for n in new], now, rows_written=True)
+    return file_ids
 
 
 async def insert_files(conn: AsyncConnection, document_id: str, stored: Sequence[StoredFile],
                        now: float) -> list[str]:
     ids = [new_id() for _ in stored]
     if stored:
-        await conn.execute(files.insert(), [
-            {"id": file_id, "document_id": document_id, "role": f.role, "name": f.name,
-             "content_type": f.content_type, "size": f.size, "sha256": f.sha256, "step": f.step,
-             "created_at": now}
-            for file_id, f in zip(ids, stored, strict=True)])
+        await conn.execute(files.insert(), [_file_row(file_id, document_id, f, now)
+                                            for file_id, f in zip(ids, stored, strict=True)])
     return ids
+
+
+@dataclass(frozen=True)
+class TransitionWrite:
+    """One document's transition, as one commit writes it."""
+
+    doc: Doc
+    entity: str
+    transition: Transition
+    produced: Sequence[StoredFile] = ()
 
 
 async def write_transition(conn: AsyncConnection, doc: Doc, entity: str, transition: Transition,
                            now: float, produced: Sequence[StoredFile] = ()) -> str | None:
     """Persist ``transition`` of ``doc``; return the id of the next job, if any."""
-    values: dict[str, Any] = {
-        "state": transition.state, "step": transition.step, "run": transition.run,
-        "next_due_at": transition.next_due_at, "updated_at": now,
-        "last_error": transition.last_error,
-    }
-    if transition.metadata:
-        values["metadata"] = {**doc.metadata, **transition.metadata}
-    if transition.state in RELEASES_KEY:
-        values["unique_key"] = None
-    await conn.execute(documents.update().where(documents.c.id == doc.id).values(**values))
-    await insert_files(conn, doc.id, produced, now)
-    job_id = None
-    if transition.next_job:
-        nxt = transition.next_job
-        job_id = new_id()
-        await conn.execute(jobs.insert().values(
-            id=job_id, document_id=doc.id, connector=nxt.connector, step=nxt.step, kind=nxt.kind,
-            run=nxt.run, polls=nxt.polls, poll_deadline=nxt.poll_deadline, state="scheduled",
-            due_at=nxt.due_at, created_at=now))
-    if transition.event:
-        await conn.execute(events.insert().values(
-            routing_key=transition.event, created_at=now,
-            payload={"id": doc.id, "flow": doc.flow, "entity": entity,
-                     "state": transition.state, "step": transition.step}))
-    await journal.append(conn, transition.journal, now)
+    (job_id,) = await write_transitions(conn, [TransitionWrite(doc, entity, transition,
+                                                               produced)], now)
     return job_id
+
+
+async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWrite],
+                            now: float, *, rows_written: bool = False) -> list[str | None]:
+    """Persist several transitions with one statement per table; the next job ids, in order.
+
+    Two writes for one document apply in order (the later one wins on the row).
+    ``rows_written``: the document rows already hold the new state (intake).
+    """
+    updates: dict[frozenset[str], list[dict[str, Any]]] = {}
+    new_files: list[tuple[str, StoredFile]] = []
+    new_jobs: list[dict[str, Any]] = []
+    new_events: list[dict[str, Any]] = []
+    entries: list[journal.Entry] = []
+    job_ids: list[str | None] = []
+    for w in writes:
+        doc, transition = w.doc, w.transition
+        values: dict[str, Any] = {
+            "_id": doc.id, "state": transition.state, "step": transition.step,
+            "run": transition.run, "next_due_at": transition.next_due_at, "updated_at": now,
+            "last_error": transition.last_error,
+        }
+        if transition.metadata:
+            values["metadata"] = {**doc.metadata, **transition.metadata}
+        if transition.state in RELEASES_KEY:
+            values["unique_key"] = None
+        updates.setdefault(frozenset(values), []).append(values)
+        new_files += [(doc.id, f) for f in w.produced]
+        job_id = None
+        if nxt := transition.next_job:
+            job_id = new_id()
+            new_jobs.append({
+                "id": job_id, "document_id": doc.id, "connector": nxt.connector,
+                "step": nxt.step, "kind": nxt.kind, "run": nxt.run, "polls": nxt.polls,
+                "poll_deadline": nxt.poll_deadline, "state": "scheduled", "due_at": nxt.due_at,
+                "created_at": now})
+        job_ids.append(job_id)
+        if transition.event:
+            new_events.append({
+                "routing_key": transition.event, "created_at": now,
+                "payload": {"id": doc.id, "flow": doc.flow, "entity": w.entity,
+                            "state": transition.state, "step": transition.step}})
+        entries += transition.journal
+    for rows in () if rows_written else updates.values():
+        await conn.execute(_UPDATE_DOCUMENT, rows)
+    if new_files:
+        await conn.execute(files.insert(), [
+            _file_row(new_id(), document_id, f, now) for document_id, f in new_files])
+    if new_jobs:
+        await conn.execute(jobs.insert(), new_jobs)
+    if new_events:
+        await conn.execute(events.insert(), new_events)
+    await journal.append(conn, entries, now)
+    return job_ids
+
+
+_UPDATE_DOCUMENT = documents.update().where(documents.c.id == sa.bindparam("_id"))
+
+
+def _file_row(file_id: str, document_id: str, f: StoredFile, now: float) -> dict[str, Any]:
+    return {"id": file_id, "document_id": document_id, "role": f.role, "name": f.name,
+            "content_type": f.content_type, "size": f.size, "sha256": f.sha256,
+            "step": f.step, "created_at": now}
 
 
 async def add_file_once(conn: AsyncConnection, document_id: str, stored: StoredFile,

@@ -131,7 +131,7 @@ def _read(xml: bytes, what: str) -> ActesModel:
 
 async def _keep(ctx: StepContext, role: str, name: str, data: bytes) -> tuple[NewFile, ...]:
     """Store a message from the TdT at once; the files for the outcome when that is not possible."""
-    path = ctx.workdir / name
+    path = ctx.scratch(name)
     await asyncio.to_thread(path.write_bytes, data)
     new = NewFile(role=role, name=name, path=path, content_type="application/xml")
     if ctx.save_file is None:

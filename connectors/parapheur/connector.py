@@ -287,7 +287,7 @@ async def _store(ctx: StepContext, role: str, name: str, file: ReceivedFile) -> 
 async def _finish_signed(
     ctx: StepContext, client: ParapheurClient, dossier_id: str, history: list[LogDossier]
 ) -> Outcome:
-    dossier = await ctx.call(lambda: client.get_dossier(dossier_id, ctx.workdir))
+    dossier = await ctx.call(lambda: client.get_dossier(dossier_id, ctx.scratch()))
     if dossier.doc_principal is None:
         raise PermanentError(
             f"parapheur GetDossier: dossier {dossier_id} is finished but carries no DocPrincipal"
@@ -352,7 +352,7 @@ async def _keep_bordereau(ctx: StepContext, client: ParapheurClient, dossier_id:
     if ctx.save_file is None:
         return
     try:
-        dossier = await ctx.call(lambda: client.get_dossier(dossier_id, ctx.workdir))
+        dossier = await ctx.call(lambda: client.get_dossier(dossier_id, ctx.scratch()))
     except ParapheurError:
         return
     if dossier.bordereau is not None:

@@ -190,7 +190,7 @@ class SaeConnector:
             transfer = await asyncio.to_thread(
                 build_transfer, desc, cfg.agencies, datetime.now(UTC), transfer_id
             )
-            return await asyncio.to_thread(_package, transfer, ctx.workdir / "sae")
+            return await asyncio.to_thread(_package, transfer, ctx.scratch("sae"))
         except SedaError as exc:
             raise PermanentError(f"document {ctx.document_id}: {exc}") from exc
         except OSError as exc:  # the blob store or the work dir, maybe back later
@@ -292,7 +292,7 @@ class SaeConnector:
             raise PermanentError(
                 f"the SAE's reply is for {reply.transfer_id!r}, not {transfer_id!r}"
             )
-        path = ctx.workdir / "sae-atr.xml"
+        path = ctx.scratch("sae-atr.xml")
         await asyncio.to_thread(path.write_bytes, body)
         atr = NewFile(ATR_ROLE, f"{transfer_id}-ATR.xml", path, "application/xml")
         if reply.accepted:
