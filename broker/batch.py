@@ -12,13 +12,16 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from broker.metrics import BATCH_ITEMS
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 class Batcher(Generic[T, R]):
-    def __init__(self, flush: Callable[[list[T]], Awaitable[Sequence[R]]],
+    def __init__(self, name: str, flush: Callable[[list[T]], Awaitable[Sequence[R]]],
                  max_size: int = 64) -> None:
+        self._items = BATCH_ITEMS.labels(name)
         self._flush = flush
         self._max = max_size
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
@@ -38,6 +41,7 @@ class Batcher(Generic[T, R]):
             while self._waiting:
                 batch = self._waiting[:self._max]
                 del self._waiting[:self._max]
+                self._items.observe(len(batch))
                 try:
                     results = await self._flush([item for item, _ in batch])
                 except BaseException as exc:

@@ -14,3 +14,5 @@ JOBS_PUBLISHED = Counter("demat_jobs_published_total", "Jobs published by the re
 JOBS_RECOVERED = Counter("demat_jobs_recovered_total",
                          "Jobs re-dispatched after a lost lease or a dead worker")
 DOCUMENTS_BY_STATE = Gauge("demat_documents", "Documents by flow and state", ["flow", "state"])
+BATCH_ITEMS = Histogram("demat_batch_items", "Items written per group commit", ["writer"],
+                        buckets=(1, 2, 4, 8, 16, 32, 64))

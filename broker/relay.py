@@ -25,6 +25,7 @@ from broker import journal
 from broker.metrics import JOBS_PUBLISHED, JOBS_RECOVERED
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
+from broker.store.db import padded
 from broker.store.schema import documents, events, jobs, workers
 from broker.transport.base import Consumer, Delivery, Message
 from broker.worker import job_message_body
@@ -98,7 +99,7 @@ class Relay:
                 await self.rt.transport.publish_many(
                     queue, [Message(job_message_body(i), i) for i in ids])
                 JOBS_PUBLISHED.labels(connector).inc(len(ids))
-            await conn.execute(jobs.update().where(jobs.c.id.in_([r.id for r in rows]))
+            await conn.execute(jobs.update().where(jobs.c.id.in_(padded(r.id for r in rows)))
                                .values(state="published", published_at=t))
         return len(rows)
 
@@ -158,11 +159,12 @@ class Relay:
         async with self.rt.db.begin() as conn:
             rows = (await conn.execute(sa.select(events).order_by(events.c.id).limit(
                 self.rt.settings.relay_batch).with_for_update(skip_locked=True))).all()
-            for row in rows:
-                await self.rt.transport.publish_event(
-                    row.routing_key, json.dumps(row.payload).encode())
+            # Confirms awaited together: one round trip for the batch, not one per event.
+            await asyncio.gather(*(self.rt.transport.publish_event(
+                row.routing_key, json.dumps(row.payload).encode()) for row in rows))
             if rows:
-                await conn.execute(events.delete().where(events.c.id.in_([r.id for r in rows])))
+                await conn.execute(events.delete().where(
+                    events.c.id.in_(padded(r.id for r in rows))))
         return len(rows)
 
     async def _on_parked(self, delivery: Delivery) -> None:

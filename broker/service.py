@@ -213,7 +213,7 @@ class _Pending:
 def _intake_writer(rt: Runtime) -> Batcher[_Pending, tuple[list[str], float] | None]:
     writer = rt.writers.get("intake")
     if writer is None:
-        writer = rt.writers["intake"] = Batcher(partial(_write_intakes, rt))
+        writer = rt.writers["intake"] = Batcher("intake", partial(_write_intakes, rt))
     return writer
 
 

@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     step_timeout: str = "2m"
     # A worker whose heartbeat is older than this is presumed dead.
     worker_stale: str = "10s"
-    worker_prefetch: int = 16
+    # Jobs a worker runs at once per connector: steps mostly wait on peers.
+    worker_prefetch: int = 64
     relay_interval: str = "250ms"
     relay_batch: int = 500
     # How often peers are asked for documents they send on their own (préfecture letters).

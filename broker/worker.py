@@ -34,6 +34,7 @@ from broker.outcomes import Done, NewFile, Outcome, Rejected, StepError, Transie
 from broker.retry import AttemptRecord, InCallRetry
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
+from broker.store.db import padded
 from broker.store.documents import StoredFile
 from broker.store.schema import documents, entities, files, jobs, workers
 from broker.transport.base import Consumer, Delivery
@@ -94,8 +95,8 @@ class Worker:
         self._rng = random.Random()
         self._workroot = Path(tempfile.mkdtemp(prefix="work-", dir=runtime.settings.tmp_dir))
         # Jobs delivered together are claimed, and their outcomes committed, together.
-        self._claims: Batcher[str, Claim | None] = Batcher(self._claim_many)
-        self._commits: Batcher[Finished, None] = Batcher(self._commit_many)
+        self._claims: Batcher[str, Claim | None] = Batcher("claim", self._claim_many)
+        self._commits: Batcher[Finished, None] = Batcher("outcome", self._commit_many)
 
     async def start(self) -> None:
         t = now()
@@ -157,7 +158,7 @@ class Worker:
         lease = self.rt.settings.seconds("lease")
         async with self.rt.db.begin() as conn:
             job_rows = {row.id: row for row in await conn.execute(jobs.update().where(
-                jobs.c.id.in_(sorted(set(job_ids))),
+                jobs.c.id.in_(padded(sorted(set(job_ids)))),
                 sa.or_(jobs.c.state.in_(("published", "scheduled")),
                        sa.and_(jobs.c.state == "running", jobs.c.lease_until < t)),
             ).values(state="running", worker_id=self.id, claim_token=token, lease_until=t + lease)
@@ -172,15 +173,15 @@ class Worker:
                 updated_at=t).returning(*documents.c))}
             ended = [j.id for j in job_rows.values() if j.document_id not in doc_rows]
             if ended:
-                await conn.execute(jobs.update().where(jobs.c.id.in_(ended)).values(
+                await conn.execute(jobs.update().where(jobs.c.id.in_(padded(ended))).values(
                     state="cancelled", finished_at=t, last_error="document no longer active"))
             file_rows: dict[str, list[Any]] = {}
             for f in await conn.execute(sa.select(files).where(
-                    files.c.document_id.in_(list(doc_rows))).order_by(files.c.id)):
+                    files.c.document_id.in_(padded(doc_rows))).order_by(files.c.id)):
                 file_rows.setdefault(f.document_id, []).append(f)
             configs = {row.siren: row.connectors for row in await conn.execute(
                 sa.select(entities.c.siren, entities.c.connectors).where(
-                    entities.c.siren.in_({d.entity for d in doc_rows.values()})))}
+                    entities.c.siren.in_(padded({d.entity for d in doc_rows.values()}))))}
         claims: list[Claim | None] = []
         for job_id in job_ids:
             job = job_rows.pop(job_id, None)  # a job listed twice is claimed once
@@ -269,12 +270,12 @@ class Worker:
             # Documents first, in id order: the lock order of the API's cancel and retry.
             rows = {row.id: row for row in await conn.execute(
                 sa.select(documents).where(
-                    documents.c.id.in_(sorted({f.claim.doc.id for f in done})))
+                    documents.c.id.in_(padded(sorted({f.claim.doc.id for f in done}))))
                 .order_by(documents.c.id).with_for_update())}
             current = {doc_id: docs.doc_of(row) for doc_id, row in rows.items()}
             fenced = set((await conn.execute(jobs.update().where(
                 sa.tuple_(jobs.c.id, jobs.c.claim_token).in_(
-                    [(f.claim.job.id, f.claim.token) for f in done]),
+                    padded((f.claim.job.id, f.claim.token) for f in done)),
                 jobs.c.state == "running").values(state="done", finished_at=t)
                 .returning(jobs.c.id))).scalars())
             writes: list[docs.TransitionWrite] = []

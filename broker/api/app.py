@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 import sqlalchemy as sa
 import structlog
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from broker import registry, service
 from broker.api import models, openapi
-from broker.blobs import CHUNK, TooLarge
+from broker.blobs import TooLarge
 from broker.flows.base import Problem
 from broker.metrics import DOCUMENTS_BY_STATE, INTAKE_REFUSED
+from broker.multipart import MultipartReader
 from broker.registry import Principal
 from broker.runtime import Runtime
 from broker.service import ServiceError, StagedPart
@@ -90,28 +91,24 @@ def _rt(request: web.Request) -> Runtime:
     return request.app[RUNTIME]
 
 
-async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(CHUNK):
-        yield chunk
-
-
-async def _read_text(part: BodyPartReader) -> str:
+async def _read_text(reader: MultipartReader, name: str) -> str:
     data = bytearray()
-    async for chunk in _chunks(part):
+    async for chunk in reader.chunks():
         data += chunk
         if len(data) > MAX_TEXT_FIELD:
-            raise ServiceError(413, f"form field {part.name!r} is larger than "
+            raise ServiceError(413, f"form field {name!r} is larger than "
                                f"{MAX_TEXT_FIELD} bytes")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ServiceError(422, f"form field {part.name!r} is not UTF-8",
-                           [Problem(part.name or "?", "not UTF-8 text")]) from exc
+        raise ServiceError(422, f"form field {name!r} is not UTF-8",
+                           [Problem(name, "not UTF-8 text")]) from exc
 
 
 async def submit(request: web.Request) -> web.Response:
     rt = _rt(request)
-    if not request.content_type.startswith("multipart/"):
+    content_type = request.headers.get("Content-Type", "")
+    if not content_type.lower().startswith("multipart/"):
         return error_response(415, "send multipart/form-data: fields flow, entity, metadata "
                               "and one file part per file, named by its role")
     key = request.headers.get("Idempotency-Key")
@@ -121,20 +118,18 @@ async def submit(request: web.Request) -> web.Response:
     parts: list[StagedPart] = []
     budget = rt.settings.max_upload
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise ServiceError(400, "nested multipart is not supported")
+        reader = MultipartReader(request.content, content_type)
+        while (part := await reader.next_part()) is not None:
             name = part.name or ""
             if part.filename is None and name in TEXT_FIELDS:
-                fields[name] = await _read_text(part)
+                fields[name] = await _read_text(reader, name)
                 continue
             if not name:
                 raise ServiceError(422, "a file part has no name",
                                    [Problem("files", "each file part must be named by its "
                                             "role, e.g. name=\"document\"")])
             try:
-                staged = await rt.blobs.stage(_chunks(part), budget)
+                staged = await rt.blobs.stage(reader.chunks(), budget)
             except TooLarge as exc:
                 raise ServiceError(413, f"upload is {exc} ({rt.settings.max_upload} bytes per "
                                    "document)", [Problem(f"files.{name}", f"file part "
@@ -142,7 +137,7 @@ async def submit(request: web.Request) -> web.Response:
                                    ) from exc
             budget -= staged.size
             # What the bytes are wins over what the client declared.
-            declared = part.headers.get("Content-Type", "application/octet-stream")
+            declared = part.content_type or "application/octet-stream"
             parts.append(StagedPart(name, part.filename or name,
                                     sniff(staged.head).media_type or declared, staged))
         result = await service.submit(rt, _who(request), fields.get("flow"),

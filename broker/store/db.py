@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+T = TypeVar("T")
+
 # Serialises journal appends across processes on PostgreSQL (seq must stay gap-free).
 JOURNAL_LOCK_KEY = 0x44454D4154
+
+
+def padded(values: Iterable[T]) -> list[T]:
+    """``values`` (at least one) padded to a power of two by repeating the last one.
+
+    An IN list's length is part of the SQL text; with a few lengths only, the
+    driver's prepared statements are reused instead of parsed again each time.
+    """
+    items = list(values)
+    size = 1 << (len(items) - 1).bit_length()
+    return items + [items[-1]] * (size - len(items))
 
 
 def is_sqlite(engine: AsyncEngine | AsyncConnection) -> bool:
