@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
+from broker.multipart import MultipartReader, Part
 from simulators.common import Stats, add_common_arguments, create_app, run_simulator
 from simulators.faults import FaultRule
 
@@ -69,7 +70,8 @@ def _open_for_write(path: Path) -> BinaryIO:
     return path.open("wb")
 
 
-async def _save_document(part: BodyPartReader, folder: Path, rank: int) -> StoredFile:
+async def _save_document(reader: MultipartReader, part: Part, folder: Path,
+                         rank: int) -> StoredFile:
     name = Path(part.filename or "").name
     if name in ("", ".", ".."):
         raise BadUpload(f"part 'document' #{rank + 1} has no file name")
@@ -78,18 +80,18 @@ async def _save_document(part: BodyPartReader, folder: Path, rank: int) -> Store
     size = 0
     out = await asyncio.to_thread(_open_for_write, path)
     try:
-        while chunk := await part.read_chunk(_CHUNK):
+        async for chunk in reader.chunks():
             digest.update(chunk)
             size += len(chunk)
-            await asyncio.to_thread(out.write, chunk)
+            out.write(chunk)  # buffered: lands in the page cache
     finally:
         await asyncio.to_thread(out.close)
     return StoredFile(name, size, digest.hexdigest(), path)
 
 
-async def _read_metadata(part: BodyPartReader) -> dict[str, Any]:
+async def _read_metadata(reader: MultipartReader) -> dict[str, Any]:
     raw = bytearray()
-    while chunk := await part.read_chunk(_CHUNK):
+    async for chunk in reader.chunks():
         raw += chunk
         if len(raw) > _METADATA_LIMIT:
             raise BadUpload(f"part 'metadata.json' is larger than {_METADATA_LIMIT} bytes")
@@ -106,21 +108,20 @@ async def read_upload(
     request: web.Request, folder: Path
 ) -> tuple[list[StoredFile], dict[str, Any]]:
     """Stream the ``document`` parts into ``folder``; return them and the metadata."""
-    if not request.content_type.startswith("multipart/"):
+    content_type = request.headers.get("Content-Type", "")
+    if not content_type.lower().startswith("multipart/"):
         raise BadUpload("expected a multipart body with parts 'document' and 'metadata.json'")
     files: list[StoredFile] = []
     metadata: dict[str, Any] | None = None
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise BadUpload("nested multipart parts are not accepted")
+        reader = MultipartReader(request.content, content_type)
+        while (part := await reader.next_part()) is not None:
             if part.name == "document":
-                files.append(await _save_document(part, folder, len(files)))
+                files.append(await _save_document(reader, part, folder, len(files)))
             elif part.name == "metadata.json":
                 if metadata is not None:
                     raise BadUpload("part 'metadata.json' is given twice")
-                metadata = await _read_metadata(part)
+                metadata = await _read_metadata(reader)
             else:
                 raise BadUpload(
                     f"unexpected part {part.name!r} (expected 'document' and 'metadata.json')"
@@ -161,6 +162,7 @@ class Inbox:
             return self._replay(key)
         incoming = self.store_dir / f".incoming-{uuid.uuid4().hex}"
         await asyncio.to_thread(incoming.mkdir, parents=True)
+        kept = False
         try:
             try:
                 files, metadata = await read_upload(request, incoming)
@@ -171,8 +173,10 @@ class Inbox:
                 return self._replay(key)
             receipt = self._record(key, request.match_info.get("box"), files, metadata)
             await asyncio.to_thread(incoming.rename, receipt.path)
+            kept = True
         finally:
-            await asyncio.to_thread(shutil.rmtree, incoming, ignore_errors=True)
+            if not kept:
+                await asyncio.to_thread(shutil.rmtree, incoming, ignore_errors=True)
         return web.json_response({"receipt": receipt.receipt, "files": len(files)}, status=201)
 
     def _record(
