@@ -1,6 +1,6 @@
 """HTTP wire protocol of a depot inbox: one multipart POST per try.
 
-The request carries one ``document`` part per file, streamed from disk, and a
+The request carries one ``document`` part per file (streamed from disk unless small), and a
 ``metadata.json`` part; ``Idempotency-Key`` is the document id, so a peer that
 already stored the document answers 409 instead of storing it twice.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,9 @@ from typing import IO, Any
 import aiohttp
 
 from connectors.base import FileView, PermanentError, error_for_status, transient_from
+
+# Files up to this size are sent from memory; larger ones stream from disk.
+SMALL = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,20 @@ class DepotClient:
         handles: list[IO[bytes]] = []
         try:
             form = aiohttp.MultipartWriter("form-data")
-            # A file-like payload: aiohttp streams it, whatever the metadata's size.
-            metadata = io.BytesIO(json.dumps(manifest, ensure_ascii=False).encode())
-            form.append(metadata, {"Content-Type": "application/json"}).set_content_disposition(
-                "form-data", name="metadata.json"
-            )
-            for view in files:
-                handle = await asyncio.to_thread(view.path.open, "rb")
-                handles.append(handle)
-                part = form.append(handle, {"Content-Type": view.content_type})
+            form.append(json.dumps(manifest, ensure_ascii=False).encode(),
+                        {"Content-Type": "application/json"}).set_content_disposition(
+                "form-data", name="metadata.json")
+            # Small files are read in one go; larger ones are streamed from disk.
+            small = await asyncio.to_thread(
+                lambda: {i: v.path.read_bytes() for i, v in enumerate(files) if v.size <= SMALL})
+            for i, view in enumerate(files):
+                body: bytes | IO[bytes]
+                if i in small:
+                    body = small[i]
+                else:
+                    body = await asyncio.to_thread(view.path.open, "rb")
+                    handles.append(body)
+                part = form.append(body, {"Content-Type": view.content_type})
                 part.set_content_disposition("form-data", name="document", filename=view.name)
             return await self._post(form, key)
         except OSError as exc:
