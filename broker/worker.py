@@ -175,6 +175,8 @@ class Worker:
             if ended:
                 await conn.execute(jobs.update().where(jobs.c.id.in_(padded(ended))).values(
                     state="cancelled", finished_at=t, last_error="document no longer active"))
+            if not doc_rows:
+                return [None] * len(job_ids)
             file_rows: dict[str, list[Any]] = {}
             for f in await conn.execute(sa.select(files).where(
                     files.c.document_id.in_(padded(doc_rows))).order_by(files.c.id)):

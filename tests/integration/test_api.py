@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -278,3 +279,25 @@ async def test_a_repeated_idempotency_key_returns_the_first_document(api: Client
     assert len(blobs) == 2 and [p for p in api.rt.settings.tmp_dir.rglob("*") if p.is_file()] == []
     status, body = await send("x" * 129, b"<m/>")
     assert status == 400 and "Idempotency-Key" in body["error"]
+
+
+async def test_a_key_sent_twice_at_once_among_others_stores_one_document_for_it(
+        api: Client) -> None:
+    async def send(key: str, n: int) -> tuple[int, Any]:
+        form = aiohttp.FormData()
+        form.add_field("flow", "depot")
+        form.add_field("entity", ENTITY)
+        form.add_field("document", f"<m n='{n}'/>".encode(), filename="m.xml")
+        resp = await api.client.post("/api/v1/documents", data=form,
+                                     headers={**api.auth("operator"), "Idempotency-Key": key})
+        return resp.status, await resp.json()
+
+    # Sent together, they share intake transactions: the twin's conflict must not
+    # refuse the others, and the twin must get the first one's document.
+    answers = await asyncio.gather(*(send(f"k-{n}", n) for n in range(8)), send("k-3", 3))
+    assert [status for status, _ in answers].count(201) == 8, answers
+    twin, first = answers[-1][1], answers[3][1]
+    assert twin["id"] == first["id"] and answers[-1][0] in (200, 201)
+    assert {answers[-1][0], answers[3][0]} == {200, 201}
+    _, page = await api.get("/api/v1/documents")
+    assert len(page["items"]) == 8
