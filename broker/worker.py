@@ -46,11 +46,9 @@ HEARTBEAT_SECONDS = 2.0
 
 
 def _remove(workdir: Path) -> None:
-    # Most steps use no scratch dir, or leave it empty: skip the tree walk then.
+    # Most steps leave their scratch dir empty: skip the tree walk then.
     try:
         workdir.rmdir()
-    except FileNotFoundError:
-        return
     except OSError:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -225,12 +223,12 @@ class Worker:
         job_row = claim.job
         connector = self.rt.connectors[job_row.connector]
         attempts: list[AttemptRecord] = []
-        workdir = self._workroot / job_row.id  # made by the connector if it needs one
+        # The scratch dir is made only if the connector asks for it.
+        ctx = self._context(claim, attempts, self._workroot / job_row.id)
         started = time.perf_counter()
         try:
-            ctx = self._context(claim, attempts, workdir)
-            result: Outcome | StepError = await asyncio.wait_for(
-                connector.run(ctx), self.rt.settings.seconds("step_timeout"))
+            async with asyncio.timeout(self.rt.settings.seconds("step_timeout")):
+                result: Outcome | StepError = await connector.run(ctx)
         except StepError as exc:
             result = exc
         except TimeoutError:
@@ -251,7 +249,8 @@ class Worker:
             produced = await self._stage_outputs(outputs, job_row.step)
             await self._commits(Finished(claim, result, attempts, produced))
         finally:
-            _remove(workdir)
+            if ctx.scratch_made:
+                _remove(ctx.workdir)
         log.info("step ran", outcome=outcome_name, seconds=round(elapsed, 3),
                  error=str(result) if isinstance(result, StepError) else None)
 

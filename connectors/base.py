@@ -86,13 +86,17 @@ class StepContext:
     # Stores a file on the document at once (e.g. a signed PDF fetched before the
     # peer deletes it); storing the same content twice under one role is a no-op.
     save_file: Callable[[NewFile], Awaitable[FileView]] | None = None
+    # Whether ``scratch`` made the directory (then the worker removes it after the run).
+    scratch_made: bool = field(default=False, init=False, repr=False)
 
     def files_with_role(self, role: str) -> list[FileView]:
         return [f for f in self.files if f.role == role]
 
     def scratch(self, name: str = "") -> Path:
         """This run's scratch directory (or ``name`` in it): made on first use, removed after."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.scratch_made:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.scratch_made = True
         return self.workdir / name if name else self.workdir
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:

@@ -132,7 +132,8 @@ class AmqpTransport(QueueNames):
             await channel.default_exchange.publish(amqp_message, routing_key=queue, mandatory=True)
 
         try:
-            await asyncio.wait_for(send(), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await send()
         except PublishError as exc:
             raise Unroutable(f"no queue {queue!r} for {message.message_id}") from exc
         except DeliveryError as exc:
@@ -159,9 +160,8 @@ class AmqpTransport(QueueNames):
         event = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         with _translated(f"event {routing_key!r} not confirmed"):
             # Not mandatory: an event nobody listens to is not an error.
-            await asyncio.wait_for(
-                self._events.publish(event, routing_key, mandatory=False), self._timeout
-            )
+            async with asyncio.timeout(self._timeout):
+                await self._events.publish(event, routing_key, mandatory=False)
 
     async def consume(self, queue: str, handler: Handler, prefetch: int = 10) -> Consumer:
         if prefetch < 1:
@@ -278,7 +278,8 @@ class _AmqpConsumer:
             operation.close()
             return
         try:
-            await asyncio.wait_for(operation, self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await operation
         except _FAILURES as exc:
             log.info("ignored on a lost channel: %r", exc)
 
