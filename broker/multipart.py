@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote
 
-import python_multipart
+from python_multipart import MultipartParser
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
 # Bytes of headers one part may carry: names and types, not data.
@@ -76,7 +77,7 @@ class MultipartReader:
         self._header_bytes = 0
         self._in_part = False
         self._finished = False
-        self._parser = python_multipart.MultipartParser(boundary_of(content_type), {
+        self._parser = MultipartParser(boundary_of(content_type), {
             "on_part_begin": self._begin,
             "on_header_field": self._header_field,
             "on_header_value": self._header_value,
@@ -130,7 +131,7 @@ class MultipartReader:
                 else:
                     self._finished = True
                     self._parser.finalize()
-            except python_multipart.exceptions.MultipartParseError as exc:
+            except MultipartParseError as exc:
                 raise ValueError(str(exc)) from exc
         return self._events.popleft()
 
