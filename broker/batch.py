@@ -29,6 +29,8 @@ class Batcher(Generic[T, R]):
 
     async def __call__(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        # Read the outcome even if the caller has gone, so no error goes unretrieved.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._waiting.append((item, future))
         if self._task is None:
             self._task = asyncio.create_task(self._drain())
@@ -44,13 +46,15 @@ class Batcher(Generic[T, R]):
                 self._items.observe(len(batch))
                 try:
                     results = await self._flush([item for item, _ in batch])
-                except BaseException as exc:
+                except Exception as exc:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
                     continue
+                except BaseException:
+                    for _, future in batch:
+                        future.cancel()
+                    raise
                 for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
                         future.set_result(result)

@@ -77,3 +77,21 @@ def test_in_lists_are_padded_to_powers_of_two() -> None:
     assert padded([1, 2, 3]) == [1, 2, 3, 3]
     assert padded(range(5)) == [0, 1, 2, 3, 4, 4, 4, 4]
     assert len(padded(range(64))) == 64
+
+
+async def test_a_flush_cancelled_at_shutdown_cancels_its_callers() -> None:
+    started = asyncio.Event()
+
+    async def flush(items: list[int]) -> list[int]:
+        started.set()
+        await asyncio.sleep(10)
+        return items
+
+    batcher: Batcher[int, int] = Batcher("test", flush)
+    caller = asyncio.create_task(batcher(1))
+    await started.wait()
+    assert batcher._task is not None
+    batcher._task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert batcher._task is None
