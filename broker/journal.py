@@ -47,10 +47,20 @@ def entry_hash(seq: int, at: float, document_id: str | None, kind: str, actor: s
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+# Built once: building and keying a statement costs as much as running it.
+_INSERT = journal.insert()
+_LAST_SEALED = sa.select(journal.c.seq, journal.c.hash).where(
+    journal.c.seq.is_not(None)).order_by(journal.c.seq.desc()).limit(1)
+_UNSEALED = sa.select(journal).where(journal.c.seq.is_(None)).order_by(journal.c.id).limit(
+    sa.bindparam("limit"))
+_SEAL = journal.update().where(journal.c.id == sa.bindparam("_id")).values(
+    seq=sa.bindparam("_seq"), prev_hash=sa.bindparam("_prev"), hash=sa.bindparam("_hash"))
+
+
 async def append(conn: AsyncConnection, entries: Sequence[Entry], now: float) -> None:
     """Write ``entries`` in the caller's transaction; the relay seals them."""
     if entries:
-        await conn.execute(journal.insert(), [
+        await conn.execute(_INSERT, [
             {"at": now, "document_id": e.document_id, "kind": e.kind, "actor": e.actor,
              "data": e.data} for e in entries])
 
@@ -61,13 +71,9 @@ async def seal(engine: AsyncEngine, batch: int = 2000) -> int:
     while True:
         async with engine.begin() as conn:
             await lock_journal(conn)
-            last = (await conn.execute(
-                sa.select(journal.c.seq, journal.c.hash).where(journal.c.seq.is_not(None))
-                .order_by(journal.c.seq.desc()).limit(1))).first()
+            last = (await conn.execute(_LAST_SEALED)).first()
             seq, prev = (last.seq, last.hash) if last else (0, GENESIS)
-            rows = (await conn.execute(
-                sa.select(journal).where(journal.c.seq.is_(None)).order_by(journal.c.id)
-                .limit(batch))).all()
+            rows = (await conn.execute(_UNSEALED, {"limit": batch})).all()
             if not rows:
                 return sealed
             updates = []
@@ -77,9 +83,7 @@ async def seal(engine: AsyncEngine, batch: int = 2000) -> int:
                                     prev)
                 updates.append({"_id": row.id, "_seq": seq, "_prev": prev, "_hash": digest})
                 prev = digest
-            await conn.execute(journal.update().where(journal.c.id == sa.bindparam("_id"))
-                               .values(seq=sa.bindparam("_seq"), prev_hash=sa.bindparam("_prev"),
-                                       hash=sa.bindparam("_hash")), updates)
+            await conn.execute(_SEAL, updates)
         sealed += len(rows)
 
 

@@ -37,6 +37,17 @@ SWEEP_EVERY = 1.0
 REPUBLISH_AFTER = 300.0
 
 
+# The statements of every tick, built once (building and keying one costs as much as running it).
+_DUE_JOBS = sa.select(jobs.c.id, jobs.c.connector).where(
+    jobs.c.state == "scheduled", jobs.c.due_at <= sa.bindparam("now"),
+).order_by(jobs.c.due_at).limit(sa.bindparam("limit")).with_for_update(skip_locked=True)
+_PUBLISHED = jobs.update().where(jobs.c.id.in_(sa.bindparam("ids", expanding=True))).values(
+    state="published", published_at=sa.bindparam("now"))
+_PENDING_EVENTS = sa.select(events).order_by(events.c.id).limit(
+    sa.bindparam("limit")).with_for_update(skip_locked=True)
+_SENT_EVENTS = events.delete().where(events.c.id.in_(sa.bindparam("ids", expanding=True)))
+
+
 class Relay:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -85,10 +96,7 @@ class Relay:
         t = now()
         async with self.rt.db.begin() as conn:
             rows = (await conn.execute(
-                sa.select(jobs.c.id, jobs.c.connector)
-                .where(jobs.c.state == "scheduled", jobs.c.due_at <= t)
-                .order_by(jobs.c.due_at).limit(self.rt.settings.relay_batch)
-                .with_for_update(skip_locked=True))).all()
+                _DUE_JOBS, {"now": t, "limit": self.rt.settings.relay_batch})).all()
             if not rows:
                 return 0
             by_connector: dict[str, list[str]] = defaultdict(list)
@@ -99,8 +107,7 @@ class Relay:
                 await self.rt.transport.publish_many(
                     queue, [Message(job_message_body(i), i) for i in ids])
                 JOBS_PUBLISHED.labels(connector).inc(len(ids))
-            await conn.execute(jobs.update().where(jobs.c.id.in_(padded(r.id for r in rows)))
-                               .values(state="published", published_at=t))
+            await conn.execute(_PUBLISHED, {"ids": padded(r.id for r in rows), "now": t})
         return len(rows)
 
     async def sweep(self) -> int:
@@ -157,14 +164,13 @@ class Relay:
 
     async def publish_events(self) -> int:
         async with self.rt.db.begin() as conn:
-            rows = (await conn.execute(sa.select(events).order_by(events.c.id).limit(
-                self.rt.settings.relay_batch).with_for_update(skip_locked=True))).all()
+            rows = (await conn.execute(
+                _PENDING_EVENTS, {"limit": self.rt.settings.relay_batch})).all()
             # Confirms awaited together: one round trip for the batch, not one per event.
             await asyncio.gather(*(self.rt.transport.publish_event(
                 row.routing_key, json.dumps(row.payload).encode()) for row in rows))
             if rows:
-                await conn.execute(events.delete().where(
-                    events.c.id.in_(padded(r.id for r in rows))))
+                await conn.execute(_SENT_EVENTS, {"ids": padded(r.id for r in rows)})
         return len(rows)
 
     async def _on_parked(self, delivery: Delivery) -> None:

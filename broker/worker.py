@@ -155,20 +155,14 @@ class Worker:
         token = new_id()
         lease = self.rt.settings.seconds("lease")
         async with self.rt.db.begin() as conn:
-            job_rows = {row.id: row for row in await conn.execute(jobs.update().where(
-                jobs.c.id.in_(padded(sorted(set(job_ids)))),
-                sa.or_(jobs.c.state.in_(("published", "scheduled")),
-                       sa.and_(jobs.c.state == "running", jobs.c.lease_until < t)),
-            ).values(state="running", worker_id=self.id, claim_token=token, lease_until=t + lease)
-                .returning(*jobs.c))}
+            job_rows = {row.id: row for row in await conn.execute(_CLAIM_JOBS, {
+                "ids": padded(sorted(set(job_ids))), "now": t, "worker": self.id,
+                "token": token, "until": t + lease})}
             if not job_rows:
                 return [None] * len(job_ids)
             # Mark the documents running and read them back in one statement.
-            doc_rows = {row.id: row for row in await conn.execute(documents.update().where(
-                documents.c.id == jobs.c.document_id, jobs.c.claim_token == token,
-                documents.c.state.not_in(eng.TERMINAL)).values(
-                state=eng.RUNNING, step=jobs.c.step, run=jobs.c.run, next_due_at=None,
-                updated_at=t).returning(*documents.c))}
+            doc_rows = {row.id: row for row in await conn.execute(
+                _RUN_DOCUMENTS, {"token": token, "now": t})}
             ended = [j.id for j in job_rows.values() if j.document_id not in doc_rows]
             if ended:
                 await conn.execute(jobs.update().where(jobs.c.id.in_(padded(ended))).values(
@@ -176,12 +170,10 @@ class Worker:
             if not doc_rows:
                 return [None] * len(job_ids)
             file_rows: dict[str, list[Any]] = {}
-            for f in await conn.execute(sa.select(files).where(
-                    files.c.document_id.in_(padded(doc_rows))).order_by(files.c.id)):
+            for f in await conn.execute(_FILES_OF, {"ids": padded(doc_rows)}):
                 file_rows.setdefault(f.document_id, []).append(f)
             configs = {row.siren: row.connectors for row in await conn.execute(
-                sa.select(entities.c.siren, entities.c.connectors).where(
-                    entities.c.siren.in_(padded({d.entity for d in doc_rows.values()}))))}
+                _CONFIGS, {"sirens": padded({d.entity for d in doc_rows.values()})})}
         claims: list[Claim | None] = []
         for job_id in job_ids:
             job = job_rows.pop(job_id, None)  # a job listed twice is claimed once
@@ -268,17 +260,12 @@ class Worker:
         """Write the outcomes of several jobs in one transaction, each fenced by its claim."""
         t = now()
         async with self.rt.db.begin() as conn:
-            # Documents first, in id order: the lock order of the API's cancel and retry.
             rows = {row.id: row for row in await conn.execute(
-                sa.select(documents).where(
-                    documents.c.id.in_(padded(sorted({f.claim.doc.id for f in done}))))
-                .order_by(documents.c.id).with_for_update())}
+                _LOCK_DOCUMENTS, {"ids": padded(sorted({f.claim.doc.id for f in done}))})}
             current = {doc_id: docs.doc_of(row) for doc_id, row in rows.items()}
-            fenced = set((await conn.execute(jobs.update().where(
-                sa.tuple_(jobs.c.id, jobs.c.claim_token).in_(
-                    padded((f.claim.job.id, f.claim.token) for f in done)),
-                jobs.c.state == "running").values(state="done", finished_at=t)
-                .returning(jobs.c.id))).scalars())
+            fenced = set((await conn.execute(_FENCE_JOBS, {
+                "claims": padded((f.claim.job.id, f.claim.token) for f in done), "now": t,
+            })).scalars())
             writes: list[docs.TransitionWrite] = []
             job_updates: list[dict[str, Any]] = []
             for f in done:
@@ -311,4 +298,30 @@ class Worker:
         return [None] * len(done)
 
 
+# The statements of every claim and commit, built once: building and keying a statement
+# costs as much as running it.
+_CLAIM_JOBS = jobs.update().where(
+    jobs.c.id.in_(sa.bindparam("ids", expanding=True)),
+    sa.or_(jobs.c.state.in_(("published", "scheduled")),
+           sa.and_(jobs.c.state == "running", jobs.c.lease_until < sa.bindparam("now"))),
+).values(state="running", worker_id=sa.bindparam("worker"), claim_token=sa.bindparam("token"),
+         lease_until=sa.bindparam("until")).returning(*jobs.c)
+_RUN_DOCUMENTS = documents.update().where(
+    documents.c.id == jobs.c.document_id, jobs.c.claim_token == sa.bindparam("token"),
+    documents.c.state.not_in(eng.TERMINAL),
+).values(state=eng.RUNNING, step=jobs.c.step, run=jobs.c.run, next_due_at=None,
+         updated_at=sa.bindparam("now")).returning(*documents.c)
+_FILES_OF = sa.select(files).where(
+    files.c.document_id.in_(sa.bindparam("ids", expanding=True))).order_by(files.c.id)
+_CONFIGS = sa.select(entities.c.siren, entities.c.connectors).where(
+    entities.c.siren.in_(sa.bindparam("sirens", expanding=True)))
+# Documents first, in id order: the lock order of the API's cancel and retry.
+_LOCK_DOCUMENTS = sa.select(documents).where(
+    documents.c.id.in_(sa.bindparam("ids", expanding=True))
+).order_by(documents.c.id).with_for_update()
+# Each outcome applies only if its job still carries the token of its claim.
+_FENCE_JOBS = jobs.update().where(
+    sa.tuple_(jobs.c.id, jobs.c.claim_token).in_(sa.bindparam("claims", expanding=True)),
+    jobs.c.state == "running",
+).values(state="done", finished_at=sa.bindparam("now")).returning(jobs.c.id)
 _UPDATE_JOB = jobs.update().where(jobs.c.id == sa.bindparam("_id"))

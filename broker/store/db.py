@@ -68,4 +68,7 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
 async def lock_journal(conn: AsyncConnection) -> None:
     """Take the journal append lock for the rest of the transaction."""
     if not is_sqlite(conn):
-        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": JOURNAL_LOCK_KEY})
+        await conn.execute(_JOURNAL_LOCK, {"k": JOURNAL_LOCK_KEY})
+
+
+_JOURNAL_LOCK = sa.text("SELECT pg_advisory_xact_lock(:k)")

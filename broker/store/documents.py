@@ -69,9 +69,9 @@ async def insert_documents(conn: AsyncConnection, new: Sequence[NewDocument],
         ids = [new_id() for _ in n.files]
         file_rows += [_file_row(i, doc.id, f, now) for i, f in zip(ids, n.files, strict=True)]
         file_ids.append(ids)
-    await conn.execute(documents.insert(), rows)
+    await conn.execute(_INSERT_DOCUMENTS, rows)
     if file_rows:
-        await conn.execute(files.insert(), file_rows)
+        await conn.execute(_INSERT_FILES, file_rows)
     await write_transitions(conn, [n.start for n in new], now, rows_written=True)
     return file_ids
 
@@ -80,7 +80,7 @@ async def insert_files(conn: AsyncConnection, document_id: str, stored: Sequence
                        now: float) -> list[str]:
     ids = [new_id() for _ in stored]
     if stored:
-        await conn.execute(files.insert(), [_file_row(file_id, document_id, f, now)
+        await conn.execute(_INSERT_FILES, [_file_row(file_id, document_id, f, now)
                                             for file_id, f in zip(ids, stored, strict=True)])
     return ids
 
@@ -147,17 +147,22 @@ async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWr
     for rows in () if rows_written else updates.values():
         await conn.execute(_UPDATE_DOCUMENT, rows)
     if new_files:
-        await conn.execute(files.insert(), [
+        await conn.execute(_INSERT_FILES, [
             _file_row(new_id(), document_id, f, now) for document_id, f in new_files])
     if new_jobs:
-        await conn.execute(jobs.insert(), new_jobs)
+        await conn.execute(_INSERT_JOBS, new_jobs)
     if new_events:
-        await conn.execute(events.insert(), new_events)
+        await conn.execute(_INSERT_EVENTS, new_events)
     await journal.append(conn, entries, now)
     return job_ids
 
 
+# Built once: a statement's construction and cache key cost as much as running it.
 _UPDATE_DOCUMENT = documents.update().where(documents.c.id == sa.bindparam("_id"))
+_INSERT_DOCUMENTS = documents.insert()
+_INSERT_FILES = files.insert()
+_INSERT_JOBS = jobs.insert()
+_INSERT_EVENTS = events.insert()
 
 
 def _file_row(file_id: str, document_id: str, f: StoredFile, now: float) -> dict[str, Any]:
