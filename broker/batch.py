@@ -46,6 +46,9 @@ class Batcher(Generic[T, R]):
                 self._items.observe(len(batch))
                 try:
                     results = await self._flush([item for item, _ in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError(f"a flush gave {len(results)} results for "
+                                           f"{len(batch)} items")
                 except Exception as exc:
                     for _, future in batch:
                         if not future.done():
