@@ -118,6 +118,43 @@ async def start_demat(role: str, env: dict[str, str], log: Path, *args: str) -> 
     return proc, ""
 
 
+class WorkerPool:
+    """`demat worker` processes on PostgreSQL, killed and replaced by a test.
+
+    ``claimed()`` tells how many running jobs each live worker holds, from the
+    ``jobs`` table, so a kill can be aimed at a worker in the middle of a step.
+    """
+
+    def __init__(self, env: dict[str, str], logs: Path, pg: Any, procs: list[Proc]) -> None:
+        self._env, self._logs, self._pg, self._procs = env, logs, pg, procs
+        self._live: dict[int, Proc] = {}
+        self._started = 0
+
+    async def start(self) -> Proc:
+        self._started += 1
+        worker, _ = await start_demat("worker", self._env,
+                                      self._logs / f"worker-{self._started}.log")
+        assert worker.proc is not None
+        self._live[worker.proc.pid] = worker
+        self._procs.append(worker)
+        return worker
+
+    async def claimed(self) -> dict[int, int]:
+        rows = await self._pg.fetch(
+            "SELECT worker_id, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY 1")
+        # Worker ids are host:pid:suffix.
+        running = {int(r["worker_id"].rsplit(":", 2)[1]): int(r["n"]) for r in rows}
+        return {pid: n for pid, n in running.items() if pid in self._live}
+
+    async def kill_and_replace(self, pid: int) -> None:
+        """SIGKILL worker ``pid``, wait for it to die, start another."""
+        victim = self._live.pop(pid)
+        victim.kill(signal.SIGKILL)
+        assert victim.proc is not None
+        await victim.proc.wait()
+        await self.start()
+
+
 def run_cli(env: dict[str, str], *args: str) -> str:
     import subprocess
 

@@ -70,6 +70,7 @@ from tests.e2e.harness import (
     TERMINAL,
     Api,
     Proc,
+    WorkerPool,
     demat_env,
     isolated_amqp,
     run_cli,
@@ -422,10 +423,6 @@ async def amqp_vhost(amqp_url: str) -> AsyncIterator[str]:
         yield url
 
 
-def _pid_of_worker(worker_id: str) -> int:
-    return int(worker_id.rsplit(":", 2)[1])  # host:pid:suffix
-
-
 @pytest.mark.slow
 async def test_50_acts_on_rabbitmq_and_postgresql_with_a_worker_killed(
     tmp_path: Path, amqp_vhost: str, pg_url: str
@@ -440,21 +437,8 @@ async def test_50_acts_on_rabbitmq_and_postgresql_with_a_worker_killed(
         **SHORT_SETTINGS,
     )
     procs: list[Proc] = []
-    workers: dict[int, Proc] = {}
     pg = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
-
-    async def start_worker(n: int) -> None:
-        worker, _ = await start_demat("worker", env, tmp_path / f"worker-{n}.log")
-        assert worker.proc is not None
-        workers[worker.proc.pid] = worker
-        procs.append(worker)
-
-    async def probe() -> dict[int, int]:
-        rows = await pg.fetch(
-            "SELECT worker_id, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY 1"
-        )
-        running = {_pid_of_worker(r["worker_id"]): int(r["n"]) for r in rows}
-        return {pid: n for pid, n in running.items() if pid in workers}
+    workers = WorkerPool(env, tmp_path, pg, procs)
 
     try:
         token = await prepare_store(pg_url)
@@ -462,20 +446,16 @@ async def test_50_acts_on_rabbitmq_and_postgresql_with_a_worker_killed(
         procs.append(api_proc)
         relay, _ = await start_demat("relay", env, tmp_path / "relay.log")
         procs.append(relay)
-        for n in range(2):
-            await start_worker(n)
+        for _ in range(2):
+            await workers.start()
         async with api_client(url, token) as api:
             await refresh_classification(api)
             await peers.tdt_faults(TDT_FAULTS)
             intake = Intake()
 
             async def kill_once() -> int:
-                pid, jobs = await wait_mid_run(intake, probe)
-                victim = workers.pop(pid)
-                victim.kill(signal.SIGKILL)
-                assert victim.proc is not None
-                await victim.proc.wait()
-                await start_worker(2)
+                pid, jobs = await wait_mid_run(intake, workers.claimed)
+                await workers.kill_and_replace(pid)
                 return jobs
 
             async def count(sql: str) -> int:

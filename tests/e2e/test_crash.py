@@ -35,6 +35,7 @@ from tests.e2e.harness import (
     TERMINAL,
     Api,
     Proc,
+    WorkerPool,
     demat_env,
     isolated_amqp,
     run_cli,
@@ -269,11 +270,6 @@ async def wait_mid_step(
     return None
 
 
-def pid_of_worker(worker_id: str) -> int:
-    # host:pid:suffix
-    return int(worker_id.rsplit(":", 2)[1])
-
-
 async def stop_all(procs: list[Proc]) -> None:
     for proc in procs:
         with contextlib.suppress(ProcessLookupError):
@@ -311,28 +307,15 @@ async def test_workers_killed_mid_step_on_rabbitmq_and_postgresql(
     token = run_cli(env, "token", "create", "--operator").strip()
     pg = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
     procs: list[Proc] = [gf]
-    workers: dict[int, Proc] = {}
-
-    async def start_worker(n: int) -> None:
-        worker, _ = await start_demat("worker", env, tmp_path / f"worker-{n}.log")
-        assert worker.proc is not None
-        workers[worker.proc.pid] = worker
-        procs.append(worker)
-
-    async def probe() -> dict[int, int]:
-        rows = await pg.fetch(
-            "SELECT worker_id, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY 1"
-        )
-        running = {pid_of_worker(r["worker_id"]): int(r["n"]) for r in rows}
-        return {pid: n for pid, n in running.items() if pid in workers}
+    workers = WorkerPool(env, tmp_path, pg, procs)
 
     try:
         api_proc, url = await start_demat("api", env, tmp_path / "api.log")
         procs.append(api_proc)
         relay, _ = await start_demat("relay", env, tmp_path / "relay.log")
         procs.append(relay)
-        for n in range(2):
-            await start_worker(n)
+        for _ in range(2):
+            await workers.start()
         api = Api(url, token)
         intake = Intake()
         kills: list[Kill] = []
@@ -342,16 +325,12 @@ async def test_workers_killed_mid_step_on_rabbitmq_and_postgresql(
             since = 0
             while len(kills) < KILLS:
                 await asyncio.sleep(KILL_SPACING)
-                found = await wait_mid_step(probe, gf_url, since, stop)
+                found = await wait_mid_step(workers.claimed, gf_url, since, stop)
                 if found is None:
                     return
                 pid, running, since = found
-                victim = workers.pop(pid)
-                victim.kill(signal.SIGKILL)
-                assert victim.proc is not None
-                await victim.proc.wait()
+                await workers.kill_and_replace(pid)
                 kills.append(Kill(pid, running, since))
-                await start_worker(len(kills) + 1)
 
         started = time.monotonic()
         try:
