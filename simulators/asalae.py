@@ -27,7 +27,6 @@ import random
 import secrets
 import shutil
 import tarfile
-import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from aiohttp import BasicAuth, BodyPartReader, hdrs, web
 from lxml import etree
 
 from broker import xmlsafe
-from simulators.common import Stats, add_common_arguments, create_app, run_simulator
+from simulators.common import Stats, add_common_arguments, create_app, run_simulator, store_dir_of
 from simulators.faults import FaultRule
 
 SEDA = "fr:gouv:culture:archivesdefrance:seda:v2.1"
@@ -557,9 +556,7 @@ def build_app(
     seed: int = 0,
 ) -> web.Application:
     """The SAE app; without ``store_dir`` uploads go to a temp dir removed at cleanup."""
-    owned = store_dir is None
-    root = Path(tempfile.mkdtemp(prefix="demat-asalae-")) if store_dir is None else store_dir
-    root.mkdir(parents=True, exist_ok=True)
+    root, remove_store = store_dir_of(store_dir, "asalae")
     stats = Stats(COUNTERS)
     sae = Sae(settings or Settings(), xmlsafe.load_schema(schema_path), root, seed, stats)
     app = create_app(stats=stats, faults=faults or (), seed=seed, on_reset=sae.forget)
@@ -572,11 +569,6 @@ def build_app(
         sae.get_message,
     )
     app.router.add_get("/_control/transfers", sae.listing)
-
-    async def remove_store(_app: web.Application) -> None:
-        if owned:
-            await asyncio.to_thread(shutil.rmtree, root, ignore_errors=True)
-
     app.on_cleanup.append(remove_store)
     return app
 

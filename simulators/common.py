@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import signal
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -116,6 +119,19 @@ def create_app(
     add_fault_routes(app, injector)
     app.on_shutdown.append(stop_hanging)
     return app
+
+
+def store_dir_of(given: Path | None, name: str
+                 ) -> tuple[Path, Callable[[web.Application], Awaitable[None]]]:
+    """A simulator's files: ``given``, or a temporary dir that the returned cleanup removes."""
+    root = Path(tempfile.mkdtemp(prefix=f"demat-{name}-")) if given is None else given
+    root.mkdir(parents=True, exist_ok=True)
+
+    async def remove(_app: web.Application) -> None:
+        if given is None:
+            await asyncio.to_thread(shutil.rmtree, root, ignore_errors=True)
+
+    return root, remove
 
 
 def _url(address: Any) -> str:

@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import json
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, BinaryIO
 from aiohttp import web
 
 from broker.multipart import MultipartReader, Part
-from simulators.common import Stats, add_common_arguments, create_app, run_simulator
+from simulators.common import Stats, add_common_arguments, create_app, run_simulator, store_dir_of
 from simulators.faults import FaultRule
 
 COUNTERS = ("received", "files", "replays", "duplicates")
@@ -223,9 +222,7 @@ def build_app(
     seed: int = 0,
 ) -> web.Application:
     """The inbox app; without ``store_dir`` files go to a temporary dir removed at cleanup."""
-    owned = store_dir is None
-    root = Path(tempfile.mkdtemp(prefix="demat-gf-")) if store_dir is None else store_dir
-    root.mkdir(parents=True, exist_ok=True)
+    root, remove_store = store_dir_of(store_dir, "gf")
     stats = Stats(COUNTERS)
     inbox = Inbox(root, idempotent, stats)
     app = create_app(stats=stats, faults=faults or (), seed=seed, on_reset=inbox.forget)
@@ -233,11 +230,6 @@ def build_app(
     app.router.add_post("/inbox/{box}", inbox.receive)
     app.router.add_get("/inbox", inbox.listing)
     app.router.add_get("/inbox/{key}", inbox.lookup)
-
-    async def remove_store(_app: web.Application) -> None:
-        if owned:
-            await asyncio.to_thread(shutil.rmtree, root, ignore_errors=True)
-
     app.on_cleanup.append(remove_store)
     return app
 

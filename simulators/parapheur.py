@@ -25,9 +25,7 @@ import io
 import random
 import re
 import secrets
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -48,7 +46,7 @@ from pyhanko_certvalidator.registry import SimpleCertificateStore
 
 from broker.xmlsafe import XmlError, parse_bytes
 from connectors.parapheur.soap import NS, SOAP_ENV, XMIME, XSI
-from simulators.common import Stats, add_common_arguments, create_app, run_simulator
+from simulators.common import Stats, add_common_arguments, create_app, run_simulator, store_dir_of
 from simulators.faults import FaultRule
 from simulators.pki import Issued, KeyType, TestCA
 from simulators.samples import simple_pdf
@@ -745,9 +743,7 @@ def build_app(
     """The parapheur app; without ``state_dir`` the CA files go to a temp dir removed at cleanup."""
     if not 0.0 <= reject_ratio <= 1.0:
         raise ValueError(f"reject_ratio must be within [0, 1], got {reject_ratio}")
-    owned = state_dir is None
-    root = Path(tempfile.mkdtemp(prefix="demat-parapheur-")) if state_dir is None else state_dir
-    root.mkdir(parents=True, exist_ok=True)
+    root, remove_state = store_dir_of(state_dir, "parapheur")
     ca = TestCA.create("Parapheur Simulateur Test CA", key_type=key_type)
     issued = ca.issue_signing(signer_name, email="signataire@parapheur.test")
     files = {"ca": ca.write(root, "ca"), "signer": root / "signer.pem"}
@@ -777,11 +773,6 @@ def build_app(
     app.router.add_get("/_control/pki", pki_files)
     app.router.add_get("/_control/calls", calls)
     app.router.add_get("/_control/dossiers", listing)
-
-    async def remove_state(_app: web.Application) -> None:
-        if owned:
-            await asyncio.to_thread(shutil.rmtree, root, ignore_errors=True)
-
     app.on_cleanup.append(remove_state)
     return app
 

@@ -50,7 +50,7 @@ from pydantic import ValidationError
 
 from connectors.actes.natures import find_nature
 from connectors.actes.problems import problems_from
-from simulators.common import Stats, add_common_arguments, create_app
+from simulators.common import Stats, add_common_arguments, create_app, store_dir_of
 from simulators.faults import FaultRule
 from simulators.pki import TestCA
 from simulators.prefecture import (
@@ -700,9 +700,7 @@ def build_app(
         login,
         password,
     )
-    owned = store_dir is None
-    root = Path(tempfile.mkdtemp(prefix="demat-tdt-")) if store_dir is None else store_dir
-    root.mkdir(parents=True, exist_ok=True)
+    root, remove_store = store_dir_of(store_dir, "tdt")
     stats = Stats(COUNTERS)
     tdt = Tdt(options, stats, root)
     app = create_app(stats=stats, faults=faults or (), seed=seed, on_reset=tdt.forget)
@@ -731,8 +729,7 @@ def build_app(
     async def stop(_app: web.Application) -> None:
         for timer in tdt.timers:
             timer.cancel()
-        if owned:
-            await asyncio.to_thread(shutil.rmtree, root, ignore_errors=True)
+        await remove_store(_app)
 
     app.on_cleanup.append(stop)
     return app
