@@ -98,10 +98,12 @@ class Transition:
     event: str | None = None
     # The finished job ends parked (visible in parking, replayable).
     park: bool = False
+    # The current job runs again at this time (given back after a crash): no new job.
+    requeued_at: float | None = None
 
     @property
     def next_due_at(self) -> float | None:
-        return self.next_job.due_at if self.next_job else None
+        return self.next_job.due_at if self.next_job else self.requeued_at
 
 
 @dataclass(frozen=True)
@@ -278,10 +280,38 @@ def cancel(doc: Doc, now: float, actor: str) -> Transition:
     return _changed(doc, transition)
 
 
+def given_back(doc: Doc, job: Job, why: str, crashes: int, limit: int,
+               now: float) -> Transition:
+    """The worker running the job's step is gone (killed, hung, stopped) before its outcome.
+
+    ``crashes`` counts the times that happened to this job, this one included (0 when the
+    worker stopped on purpose and released the job). Below ``limit`` the same job runs
+    again at once, the run unchanged (a crash is not a failed try); at the limit the step
+    is taken for poison: failed and parked, the count in the reason.
+    """
+    if crashes >= limit:
+        reason = (f"step {job.step} crashed its worker {crashes} times (last: {why}); "
+                  f"parked after {limit} crashes")
+        transition = Transition(FAILED, job.step, job.run, last_error=reason, park=True, journal=[
+            Entry("error", {"step": job.step, "run": job.run, "error": reason,
+                            "crashes": crashes, "parked": True}, doc.id)])
+        return _changed(doc, transition)
+    counted = f" (crash {crashes} of at most {limit - 1} before parking)" if crashes else ""
+    transition = Transition(QUEUED, job.step, job.run, requeued_at=now, journal=[
+        Entry("recovery", {"step": job.step, "run": job.run, "crashes": crashes,
+                           "reason": f"{why}{counted}; step will run again"}, doc.id)])
+    return _changed(doc, transition)
+
+
 def poisoned(doc: Doc, job: Job, deliveries: int | None) -> Transition:
-    """The transport parked the job's message: workers kept dying on it."""
+    """The broker dead-lettered the job's message: delivered over its delivery limit.
+
+    That limit is a last-resort guard far above the crash limit: crashes are counted on
+    the job (see :func:`given_back`); this catches a message no worker ever settled.
+    """
     count = f" {deliveries} times" if deliveries else ""
-    reason = f"step {job.step} crashed its worker{count}; parked by the delivery limit"
+    reason = (f"the message of step {job.step} was delivered{count} without an outcome; "
+              "parked by the broker's delivery limit")
     transition = Transition(FAILED, job.step, job.run, last_error=reason, park=True, journal=[
         Entry("error", {"step": job.step, "run": job.run, "error": reason, "parked": True},
               doc.id)])

@@ -3,9 +3,10 @@
 * due jobs (first runs, retries, polls) are published with confirms, then
   marked published, in batches; several relays may run (SKIP LOCKED);
 * the sweep gives back jobs whose lease ran out or whose worker stopped
-  beating, and republishes jobs published long ago but never claimed;
-* the parking consumer turns messages dead-lettered by the delivery limit into
-  failed, parked documents;
+  beating (counting a crash; see ``broker.store.recovery``), and republishes
+  jobs published long ago but never claimed;
+* the parking consumer turns messages dead-lettered by the broker's delivery
+  limit (a last-resort guard) into failed, parked documents;
 * state events from the outbox go to the events exchange.
 """
 
@@ -15,7 +16,6 @@ import asyncio
 import json
 from collections import defaultdict
 from contextlib import suppress
-from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -25,14 +25,18 @@ from broker import journal
 from broker.metrics import JOBS_PUBLISHED, JOBS_RECOVERED
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
+from broker.store import recovery
 from broker.store.db import padded
-from broker.store.schema import documents, events, jobs, workers
+from broker.store.schema import events, jobs, workers
 from broker.transport.base import Consumer, Delivery, Message
 from broker.worker import job_message_body
 
 log = structlog.get_logger("demat.relay")
 
 SWEEP_EVERY = 1.0
+# A tick that failed for another reason than a store outage is tried again after
+# this, doubling up to the cap: an error must not turn into a hot loop.
+BACKOFF_FIRST, BACKOFF_MAX = 0.25, 5.0
 # On AMQP the queue is durable; this only catches a message lost anyway.
 REPUBLISH_AFTER = 300.0
 
@@ -73,12 +77,17 @@ class Relay:
 
     async def _loop(self) -> None:
         interval = self.rt.settings.seconds("relay_interval")
+        backoff = 0.0
         while True:
             try:
-                busy = await self.tick()
+                # During a store outage the tick waits for the store, then runs again.
+                busy = await self.rt.gate.run(self.tick, "relay tick")
+                backoff = 0.0
             except Exception:
-                log.exception("relay tick failed")
-                busy = False
+                backoff = min(max(backoff * 2, BACKOFF_FIRST), BACKOFF_MAX)
+                log.exception("relay tick failed", retry_in=backoff)
+                await asyncio.sleep(backoff)
+                continue
             if not busy:
                 await self.rt.notifier.wait(interval)
 
@@ -111,56 +120,47 @@ class Relay:
         return len(rows)
 
     async def sweep(self) -> int:
-        """Give back jobs whose worker is gone; republish forgotten ones."""
+        """Give back jobs whose worker is gone; republish forgotten ones.
+
+        Right after a store outage no heartbeat is trusted to be missing: the workers
+        could not write theirs either. Dead workers are judged once the store has
+        answered for ``worker_stale``, by which time every live one has beaten again.
+        """
         t = now()
-        stale = t - self.rt.settings.seconds("worker_stale")
-        recovered = 0
+        stale = self.rt.settings.seconds("worker_stale")
+        taken = recovery.GivenBack()
         async with self.rt.db.begin() as conn:
-            live = sa.select(workers.c.id).where(workers.c.seen_at >= stale)
-            lost = (await conn.execute(sa.select(jobs).where(
-                jobs.c.state == "running",
-                sa.or_(jobs.c.lease_until < t, jobs.c.worker_id.not_in(live)),
-            ).with_for_update(skip_locked=True))).all()
-            for job in lost:
-                await self._give_back(conn, job, t)
-                recovered += 1
+            if self.rt.gate.steady_for() >= stale:
+                lost = await recovery.find_lost(conn, t, t - stale)
+                if lost:
+                    taken = await recovery.give_back(
+                        conn, lost, t, crashed=True, crash_limit=self.rt.settings.crash_limit)
             if not self.rt.embedded:
                 await conn.execute(jobs.update().where(
                     jobs.c.state == "published", jobs.c.published_at < t - REPUBLISH_AFTER,
                 ).values(state="scheduled", due_at=t))
             await conn.execute(workers.delete().where(workers.c.seen_at < t - 3600))
+        recovered = taken.requeued + taken.parked
         if recovered:
             JOBS_RECOVERED.inc(recovered)
             self.rt.notifier.notify()
         return recovered
 
-    async def _give_back(self, conn: Any, job: Any, t: float) -> None:
-        why = ("lease expired" if job.lease_until is not None and job.lease_until < t
-               else f"worker {job.worker_id} stopped")
-        await conn.execute(jobs.update().where(jobs.c.id == job.id).values(
-            state="scheduled", due_at=t, worker_id=None, claim_token=None, lease_until=None))
-        await conn.execute(documents.update().where(
-            documents.c.id == job.document_id, documents.c.state == eng.RUNNING,
-        ).values(state=eng.QUEUED, next_due_at=t, updated_at=t))
-        await journal.append(conn, [journal.Entry(
-            "recovery", {"step": job.step, "run": job.run, "job": job.id,
-                         "reason": f"{why}; step will run again"}, job.document_id)], t)
-        log.warning("job given back", job=job.id, document=job.document_id, reason=why)
-
     async def _recover_embedded(self) -> None:
-        """In-process queues died with the last process: re-dispatch what they held."""
+        """In-process queues died with the last process: re-dispatch what they held.
+
+        A job still claimed was being run when that process died: a crash.
+        """
         t = now()
         async with self.rt.db.begin() as conn:
-            held = (await conn.execute(sa.select(jobs).where(
-                jobs.c.state.in_(("published", "running"))))).all()
-            for job in held:
-                if job.state == "running":
-                    await self._give_back(conn, job, t)
-                else:
-                    await conn.execute(jobs.update().where(jobs.c.id == job.id).values(
-                        state="scheduled", due_at=t))
-        if held:
-            log.info("re-dispatching work left by the previous run", jobs=len(held))
+            running = await recovery.all_running(conn, "the previous process died mid-step")
+            await recovery.give_back(conn, running, t, crashed=True,
+                                     crash_limit=self.rt.settings.crash_limit)
+            published = (await conn.execute(jobs.update().where(
+                jobs.c.state == "published").values(state="scheduled", due_at=t))).rowcount
+        if running or published:
+            log.info("re-dispatching work left by the previous run",
+                     jobs=len(running) + (published or 0))
 
     async def publish_events(self) -> int:
         async with self.rt.db.begin() as conn:
@@ -174,24 +174,28 @@ class Relay:
         return len(rows)
 
     async def _on_parked(self, delivery: Delivery) -> None:
-        """A job message exceeded the delivery limit: fail and park its document."""
+        """A job message exceeded the broker's delivery limit: fail and park its document."""
         try:
             job_id = json.loads(delivery.body)["job"]
         except (ValueError, KeyError):
             log.error("unreadable message in parking", message=delivery.message_id)
             return
-        t = now()
-        async with self.rt.db.begin() as conn:
-            job = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id)
-                                      .with_for_update())).first()
-            if job is None or job.state in ("done", "parked", "cancelled"):
-                return
-            current = await docs.lock_document(conn, job.document_id)
-            await conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                state="parked", finished_at=t, last_error="delivery limit exceeded"))
-            if current is None or current.state in eng.TERMINAL:
-                return
-            transition = eng.poisoned(docs.doc_of(current), docs.job_of(job),
-                                      delivery.delivery_count or None)
-            await docs.write_transition(conn, docs.doc_of(current), current.entity, transition, t)
-        log.error("job parked by the delivery limit", job=job_id)
+
+        async def park() -> None:
+            t = now()
+            async with self.rt.db.begin() as conn:
+                job = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
+                if job is None or job.state in ("done", "parked", "cancelled"):
+                    return
+                current = await docs.lock_document(conn, job.document_id)
+                await conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                    state="parked", finished_at=t, last_error="delivery limit exceeded"))
+                if current is None or current.state in eng.TERMINAL:
+                    return
+                transition = eng.poisoned(docs.doc_of(current), docs.job_of(job),
+                                          delivery.delivery_count or None)
+                await docs.write_transition(conn, docs.doc_of(current), current.entity,
+                                            transition, t)
+            log.error("job parked by the delivery limit", job=job_id)
+
+        await self.rt.gate.run(park, "parking a dead-lettered job")

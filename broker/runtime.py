@@ -20,6 +20,7 @@ from broker.flows.registry import FLOWS
 from broker.settings import Settings
 from broker.store.db import make_engine
 from broker.store.migrate import upgrade
+from broker.store.outage import StoreGate
 from broker.transport import make_transport
 from broker.transport.base import Transport
 from broker.ttlcache import TtlCache
@@ -54,6 +55,11 @@ class Runtime:
     writers: dict[str, Batcher[Any, Any]] = field(default_factory=dict)
     # Entities seen in the store lately: intake need not look them up each time.
     known_entities: TtlCache[bool] = field(default_factory=TtlCache)
+    # Whether the store answers: work waits on it during an outage.
+    gate: StoreGate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gate = StoreGate(self.db)
 
     @property
     def policies(self) -> Policies:
@@ -77,6 +83,7 @@ class Runtime:
         return cls(settings, db, blobs, transport, connectors)
 
     async def close(self) -> None:
+        await self.gate.close()
         await self.transport.close()
         await self.db.dispose()
 

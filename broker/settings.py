@@ -32,11 +32,17 @@ class Settings(BaseSettings):
     retry_jitter: float = 0.2
     poll_first: str = "2s"
     poll_max: str = "10m"
-    # A worker crashing this many times on one message parks it.
-    delivery_limit: int = 5
+    # A step whose worker disappeared (killed, hung) this many times is parked as poison.
+    crash_limit: int = Field(default=3, ge=1)
+    # The broker's own guard on a message delivered this often without being settled
+    # (x-delivery-limit): far above the crash limit, since broker restarts and lost
+    # channels count there. Fixed when a queue is first declared.
+    delivery_limit: int = Field(default=50, ge=1)
     # How long a claimed job may run before another worker may take it.
     lease: str = "5m"
     step_timeout: str = "2m"
+    # A stopping worker lets the steps it runs finish for this long, then releases them.
+    stop_grace: str = "10s"
     # A worker whose heartbeat is older than this is presumed dead.
     worker_stale: str = "10s"
     # Jobs a worker runs at once per connector: steps mostly wait on peers.

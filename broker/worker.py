@@ -1,10 +1,15 @@
 """Workers: consume a job, claim it, run the connector step, commit, then ack.
 
-A claim is a lease in the store. Whatever happens between the claim and the
-commit (crash, lost connection, timeout), the job is run again later: by a
-redelivery, or by the relay's sweep once the lease or the worker's heartbeat
-expires. The commit is fenced by the claim token, so a worker that lost its
-claim cannot overwrite the outcome of the one that took over.
+A claim is a lease in the store. If the worker dies between the claim and the
+commit, the relay's sweep gives the job back once the lease or the worker's
+heartbeat expires, counting a crash. The commit is fenced by the claim token, so
+a worker that lost its claim cannot overwrite the outcome of the one that took over.
+
+Neither the broker nor the store ends a job half-way: a job runs in a task of the
+worker's own, so a lost channel (which cancels the transport's handler) leaves the
+step running to its commit, and the redelivery finds the job done. While the store
+cannot be reached, claims and commits wait for it and are tried again with the
+same claim token (see ``broker.store.outage``) instead of failing the delivery.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from broker.outcomes import Done, NewFile, Outcome, Rejected, StepError, Transie
 from broker.retry import AttemptRecord, InCallRetry
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
+from broker.store import recovery
 from broker.store.db import padded
 from broker.store.documents import StoredFile
+from broker.store.outage import is_outage
 from broker.store.schema import documents, entities, files, jobs, workers
 from broker.transport.base import Consumer, Delivery
 from connectors.base import FileView, StepContext
@@ -89,6 +96,8 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-6:]}"
         self._consumers: list[Consumer] = []
         self._heartbeat: asyncio.Task[None] | None = None
+        # The jobs this worker runs, each in a task of its own (not the transport's).
+        self._jobs: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
         self._rng = random.Random()
         self._workroot = Path(tempfile.mkdtemp(prefix="work-", dir=runtime.settings.tmp_dir))
@@ -98,10 +107,14 @@ class Worker:
 
     async def start(self) -> None:
         t = now()
-        async with self.rt.db.begin() as conn:
-            await conn.execute(workers.insert().values(
-                id=self.id, host=socket.gethostname(), pid=os.getpid(), connectors=self.names,
-                started_at=t, seen_at=t))
+
+        async def register() -> None:
+            async with self.rt.db.begin() as conn:
+                await conn.execute(workers.insert().values(
+                    id=self.id, host=socket.gethostname(), pid=os.getpid(),
+                    connectors=self.names, started_at=t, seen_at=t))
+
+        await self.rt.gate.run(register, "registering the worker")
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=self.rt.settings.seconds("step_timeout"), sock_connect=10))
         self._heartbeat = asyncio.create_task(self._beat())
@@ -112,9 +125,18 @@ class Worker:
         log.info("worker started", worker=self.id, connectors=self.names)
 
     async def stop(self) -> None:
+        """Take no more work, let running steps finish a while, release what is left."""
         for consumer in self._consumers:
             await consumer.cancel()
         self._consumers.clear()
+        if self._jobs:
+            _done, left = await asyncio.wait(set(self._jobs),
+                                             timeout=self.rt.settings.seconds("stop_grace"))
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+        with suppress(Exception):
+            await self._release()
         if self._heartbeat:
             self._heartbeat.cancel()
             with suppress(asyncio.CancelledError):
@@ -126,6 +148,16 @@ class Worker:
                 await conn.execute(workers.delete().where(workers.c.id == self.id))
         shutil.rmtree(self._workroot, ignore_errors=True)
 
+    async def _release(self) -> None:
+        """Give back the claims of steps cut short by the stop: no crash, they run again now."""
+        async with self.rt.db.begin() as conn:
+            held = await recovery.held_by(conn, self.id, f"worker {self.id} stopped on request")
+            if held:
+                await recovery.give_back(conn, held, now(), crashed=False,
+                                         crash_limit=self.rt.settings.crash_limit)
+        if held:
+            log.info("claims released at stop", jobs=len(held))
+
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
@@ -134,10 +166,27 @@ class Worker:
                     await conn.execute(workers.update().where(workers.c.id == self.id)
                                        .values(seen_at=now()))
             except Exception as exc:  # keep beating; the store may come back
-                log.warning("heartbeat failed", error=str(exc))
+                if is_outage(exc):
+                    self.rt.gate.down(exc, "heartbeat")
+                else:
+                    log.warning("heartbeat failed", error=str(exc))
 
     async def handle(self, delivery: Delivery) -> None:
-        claim = await self._claims(json.loads(delivery.body)["job"])
+        job = asyncio.create_task(self._take(json.loads(delivery.body)["job"]))
+        self._jobs.add(job)
+        job.add_done_callback(self._finished)
+        # The handler may be cancelled (a lost channel cancels its consumer's tasks);
+        # the job is not: it runs to its commit, and the redelivery finds it done.
+        await asyncio.shield(job)
+
+    def _finished(self, job: asyncio.Task[None]) -> None:
+        self._jobs.discard(job)
+        # Its handler may be gone: the error is logged here rather than lost.
+        if not job.cancelled() and (error := job.exception()) is not None:
+            log.error("job failed outside its step", error=f"{type(error).__name__}: {error}")
+
+    async def _take(self, job_id: str) -> None:
+        claim = await self._claims(job_id)
         if claim is None:
             return
         with structlog.contextvars.bound_contextvars(
@@ -150,9 +199,14 @@ class Worker:
         """Take jobs (one transaction): their rows, documents, files and entity configs.
 
         A job already run or being run (a duplicate delivery) gets None: acked and dropped.
+        While the store is unreachable this waits; the same token is used again, so a
+        claim whose commit went through unanswered is taken up, not left to its lease.
         """
-        t = now()
         token = new_id()
+        return await self.rt.gate.run(lambda: self._claim_with(job_ids, token), "claiming jobs")
+
+    async def _claim_with(self, job_ids: list[str], token: str) -> list[Claim | None]:
+        t = now()
         lease = self.rt.settings.seconds("lease")
         async with self.rt.db.begin() as conn:
             job_rows = {row.id: row for row in await conn.execute(_CLAIM_JOBS, {
@@ -192,14 +246,23 @@ class Worker:
                           self.rt.blobs.path(f.sha256)) for f in file_rows]
         assert self._http is not None
 
+        # Both write at once, in a transaction of their own that a step timing out cannot
+        # interrupt (shielded), and wait out a store outage: both are idempotent.
         async def save_ref(key: str, value: str) -> None:
-            async with self.rt.db.begin() as conn:
-                await docs.set_ref(conn, doc_row.id, key, value)
+            async def write() -> None:
+                async with self.rt.db.begin() as conn:
+                    await docs.set_ref(conn, doc_row.id, key, value)
+
+            await asyncio.shield(self.rt.gate.run(write, "saving a reference"))
 
         async def save_file(new: NewFile) -> FileView:
             (stored,) = await self._stage_outputs((new,), job_row.step)
-            async with self.rt.db.begin() as conn:
-                file_id = await docs.add_file_once(conn, doc_row.id, stored, now())
+
+            async def write() -> str:
+                async with self.rt.db.begin() as conn:
+                    return await docs.add_file_once(conn, doc_row.id, stored, now())
+
+            file_id = await asyncio.shield(self.rt.gate.run(write, "saving a file"))
             return FileView(file_id, stored.role, stored.name, stored.content_type, stored.size,
                             stored.sha256, self.rt.blobs.path(stored.sha256))
 
@@ -257,7 +320,15 @@ class Worker:
         return stored
 
     async def _commit_many(self, done: list[Finished]) -> list[None]:
-        """Write the outcomes of several jobs in one transaction, each fenced by its claim."""
+        """Write the outcomes of several jobs in one transaction, each fenced by its claim.
+
+        While the store is unreachable this waits and tries again: the step's work is not
+        thrown away. An outcome whose first try committed unanswered is fenced off (its
+        job is done already) and dropped.
+        """
+        return await self.rt.gate.run(lambda: self._commit_with(done), "committing outcomes")
+
+    async def _commit_with(self, done: list[Finished]) -> list[None]:
         t = now()
         async with self.rt.db.begin() as conn:
             rows = {row.id: row for row in await conn.execute(
@@ -303,7 +374,10 @@ class Worker:
 _CLAIM_JOBS = jobs.update().where(
     jobs.c.id.in_(sa.bindparam("ids", expanding=True)),
     sa.or_(jobs.c.state.in_(("published", "scheduled")),
-           sa.and_(jobs.c.state == "running", jobs.c.lease_until < sa.bindparam("now"))),
+           sa.and_(jobs.c.state == "running",
+                   # Lease ran out, or this very claim, tried again after an outage.
+                   sa.or_(jobs.c.lease_until < sa.bindparam("now"),
+                          jobs.c.claim_token == sa.bindparam("token")))),
 ).values(state="running", worker_id=sa.bindparam("worker"), claim_token=sa.bindparam("token"),
          lease_until=sa.bindparam("until")).returning(*jobs.c)
 _RUN_DOCUMENTS = documents.update().where(

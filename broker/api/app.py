@@ -23,6 +23,7 @@ from broker.registry import Principal
 from broker.runtime import Runtime
 from broker.service import ServiceError, StagedPart
 from broker.sniff import sniff
+from broker.store.outage import is_outage
 from broker.store.schema import documents
 from broker.ttlcache import TtlCache
 
@@ -254,8 +255,12 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with rt.db.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
-        checks["store"] = "ok"
+        # A store that answers this probe but failed this process's work is still
+        # recovering: not ready until the gate has seen it back.
+        checks["store"] = "ok" if rt.gate.up else "down: reconnecting"
     except Exception as exc:
+        if is_outage(exc):
+            rt.gate.down(exc, "readiness probe")
         checks["store"] = f"down: {type(exc).__name__}"
     checks["transport"] = "ok" if await rt.transport.ready() else "down"
     ready = all(v == "ok" for v in checks.values())

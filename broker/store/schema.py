@@ -88,6 +88,8 @@ jobs = sa.Table(
     sa.Column("kind", sa.String(8), nullable=False),  # run | retry | poll | replay
     sa.Column("run", sa.Integer, nullable=False),
     sa.Column("polls", sa.Integer, nullable=False, server_default="0"),
+    # Times a worker disappeared (killed, hung) while running this job's step.
+    sa.Column("crashes", sa.Integer, nullable=False, server_default="0"),
     sa.Column("poll_deadline", TIME, nullable=True),
     # scheduled -> published -> running -> done | parked | cancelled
     sa.Column("state", sa.String(12), nullable=False),

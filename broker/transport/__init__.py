@@ -35,7 +35,7 @@ __all__ = [
 
 
 def make_transport(
-    amqp_url: str | None, *, delivery_limit: int = 5, prefix: str = DEFAULT_PREFIX
+    amqp_url: str | None, *, delivery_limit: int = 50, prefix: str = DEFAULT_PREFIX
 ) -> Transport:
     """The AMQP adapter when a broker URL is configured, the embedded one otherwise."""
     if not amqp_url:

@@ -64,7 +64,7 @@ class AmqpTransport(QueueNames):
     def __init__(
         self,
         url: str,
-        delivery_limit: int = 5,
+        delivery_limit: int = 50,
         prefix: str = DEFAULT_PREFIX,
         *,
         timeout: float = 30.0,

@@ -42,7 +42,7 @@ _Settle = Callable[[str, _Entry, bool], None]
 class EmbeddedTransport(QueueNames):
     name = "embedded"
 
-    def __init__(self, delivery_limit: int = 5, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, delivery_limit: int = 50, prefix: str = DEFAULT_PREFIX) -> None:
         super().__init__(prefix)
         self.delivery_limit = delivery_limit
         self._queues: dict[str, asyncio.Queue[_Entry]] = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import pytest
@@ -13,6 +12,7 @@ from aio_pika.exceptions import ChannelNotFoundEntity
 
 from broker.transport import Delivery, EmbeddedTransport, Transport, TransportError
 from broker.transport.amqp import AmqpTransport
+from tests.tcpproxy import TcpProxy
 
 DELIVERY_LIMIT = 3
 WAIT = 5.0
@@ -158,59 +158,6 @@ async def queue(transport: Transport) -> str:
     name = transport.work_queue("jobs")
     await transport.declare(name)
     return name
-
-
-class TcpProxy:
-    """Forwards TCP to RabbitMQ so a test can cut a client's connection abruptly."""
-
-    def __init__(self, upstream: str) -> None:
-        parts = urlsplit(upstream)
-        self._target = (parts.hostname or "127.0.0.1", parts.port or 5672)
-        self._upstream = upstream
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self._pipes: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        parts = urlsplit(self._upstream)
-        netloc = f"{parts.username}:{parts.password}@127.0.0.1:{port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-    async def reset(self) -> None:
-        """Reset every connection, as a network failure would; new ones are accepted."""
-        for writer in self._writers:
-            writer.transport.abort()
-        self._writers.clear()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-
-    async def cut(self) -> None:
-        """Reset every connection and accept no more, as a crashed host would."""
-        assert self._server is not None
-        self._server.close()
-        await self.reset()
-        await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._writers += [writer, up_writer]
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            pipe = asyncio.create_task(self._pipe(source, sink))
-            self._pipes.add(pipe)
-            pipe.add_done_callback(self._pipes.discard)
-
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        sink.transport.abort()
 
 
 @pytest.fixture

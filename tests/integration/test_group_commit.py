@@ -4,62 +4,13 @@ outcome is fenced by its own claim."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-import sqlalchemy as sa
-
 from broker import engine as eng
-from broker import registry
 from broker.outcomes import Done
-from broker.runtime import Runtime, now
-from broker.settings import Settings
+from broker.runtime import Runtime
 from broker.store import documents as docs
 from broker.store.schema import documents, jobs
 from broker.worker import Finished, Worker
-from connectors.registry import all_connectors
-
-ENTITY = "214000150"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> str | None:
-    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-
-
-@pytest.fixture
-async def rt(database_url: str | None, tmp_path: Path) -> AsyncIterator[Runtime]:
-    runtime = await Runtime.open(
-        Settings(data_dir=tmp_path / "data", database_url=database_url), all_connectors())
-    async with runtime.db.begin() as conn:
-        await registry.upsert_entity(conn, ENTITY, "Commune", {"depot": {"url": "http://x"}})
-    try:
-        yield runtime
-    finally:
-        await runtime.close()
-
-
-async def new_documents(rt: Runtime, count: int) -> list[tuple[str, str]]:
-    """``count`` depot documents with their first job scheduled: (document id, job id)."""
-    flow, t, new = rt.flows["depot"], now(), []
-    for _ in range(count):
-        doc = eng.Doc(docs.new_id(), "depot", eng.QUEUED, None, 0, {})
-        new.append(docs.NewDocument(docs.TransitionWrite(doc, ENTITY, eng.start(
-            flow, doc, t, "test")), [docs.StoredFile("document", "a.xml", "text/xml", 3,
-                                                     "0" * 64)]))
-    async with rt.db.begin() as conn:
-        await docs.insert_documents(conn, new, t)
-        rows = (await conn.execute(sa.select(jobs.c.document_id, jobs.c.id))).all()
-    by_doc = {r.document_id: r.id for r in rows}
-    return [(n.start.doc.id, by_doc[n.start.doc.id]) for n in new]
-
-
-async def states(rt: Runtime, table: sa.Table, ids: list[str]) -> list[str]:
-    async with rt.db.connect() as conn:
-        found = dict((await conn.execute(sa.select(table.c.id, table.c.state).where(
-            table.c.id.in_(ids)))).all())
-    return [found[i] for i in ids]
+from tests.integration.store_helpers import new_documents, states
 
 
 async def test_a_batch_claims_each_job_once_and_cancels_jobs_of_ended_documents(

@@ -187,3 +187,41 @@ def test_each_poll_advances_the_cadence_by_one_step() -> None:
     assert waits == [4.0, 8.0, 16.0]  # first 2 s, factor 2: one step per poll
     retried = apply(TransientError("503"), job=job)
     assert retried.next_job is not None and retried.next_job.polls == job.polls
+
+
+def test_a_job_given_back_after_a_crash_runs_again_with_the_same_run() -> None:
+    t = eng.given_back(doc(run=2), eng.Job("sign", "retry", 2), "worker w1 stopped mid-step",
+                       crashes=1, limit=3, now=NOW)
+    assert (t.state, t.step, t.run, t.next_job, t.next_due_at, t.park) == (
+        eng.QUEUED, "sign", 2, None, NOW, False)
+    assert t.event == "two.queued"
+    [recovery, transition] = t.journal
+    assert recovery.kind == "recovery" and recovery.data == {
+        "step": "sign", "run": 2, "crashes": 1,
+        "reason": "worker w1 stopped mid-step (crash 1 of at most 2 before parking); "
+                  "step will run again"}
+    assert transition.kind == "transition"
+
+
+def test_a_job_released_on_purpose_counts_no_crash() -> None:
+    t = eng.given_back(doc(), eng.Job("sign", "run", 1), "worker w1 stopped on request",
+                       crashes=0, limit=3, now=NOW)
+    assert t.state == eng.QUEUED
+    assert t.journal[0].data["reason"] == "worker w1 stopped on request; step will run again"
+
+
+def test_the_crash_limit_parks_the_step_with_the_count_in_its_reason() -> None:
+    t = eng.given_back(doc(), eng.Job("sign", "run", 1), "worker w3 stopped mid-step",
+                       crashes=3, limit=3, now=NOW)
+    reason = ("step sign crashed its worker 3 times (last: worker w3 stopped mid-step); "
+              "parked after 3 crashes")
+    assert (t.state, t.park, t.last_error, t.next_due_at) == (eng.FAILED, True, reason, None)
+    assert t.journal[0].data == {"step": "sign", "run": 1, "error": reason, "crashes": 3,
+                                 "parked": True}
+
+
+def test_a_message_over_the_brokers_delivery_limit_is_parked_as_such() -> None:
+    t = eng.poisoned(doc(), eng.Job("sign", "run", 1), 51)
+    assert (t.state, t.park) == (eng.FAILED, True)
+    assert t.last_error == ("the message of step sign was delivered 51 times without an "
+                            "outcome; parked by the broker's delivery limit")
