@@ -15,7 +15,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,10 +176,12 @@ def _toml(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def write_config(path: Path, peers: Peers) -> Path:
-    """The TOML declaring the entity and its connectors on ``peers``."""
+def write_config(
+    path: Path, peers: Peers, extra: Mapping[str, Mapping[str, str]] | None = None
+) -> Path:
+    """The TOML declaring the entity and its connectors on ``peers`` (and ``extra`` ones)."""
     lines = [f"[entities.{ENTITY}]", 'name = "Commune de Test"']
-    for name, settings in peers.connectors().items():
+    for name, settings in {**peers.connectors(), **(extra or {})}.items():
         lines.append(f"[entities.{ENTITY}.connectors.{name}]")
         lines += [f"{key} = {_toml(value)}" for key, value in settings.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

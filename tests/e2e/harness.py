@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiohttp
+import asyncpg
 
 from broker.transport import DEFAULT_PREFIX
 from connectors.registry import all_connectors
@@ -123,6 +124,7 @@ class WorkerPool:
 
     ``claimed()`` tells how many running jobs each live worker holds, from the
     ``jobs`` table, so a kill can be aimed at a worker in the middle of a step.
+    ``pg`` is a connection, or a DSN to connect to for each look (the store may restart).
     """
 
     def __init__(self, env: dict[str, str], logs: Path, pg: Any, procs: list[Proc]) -> None:
@@ -140,8 +142,20 @@ class WorkerPool:
         return worker
 
     async def claimed(self) -> dict[int, int]:
-        rows = await self._pg.fetch(
-            "SELECT worker_id, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY 1")
+        sql = "SELECT worker_id, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY 1"
+        if isinstance(self._pg, str):
+            try:
+                conn = await asyncpg.connect(self._pg, timeout=2)
+            except (OSError, asyncpg.PostgresError, TimeoutError):
+                return {}
+            try:
+                rows = await conn.fetch(sql)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                return {}
+            finally:
+                await conn.close()
+        else:
+            rows = await self._pg.fetch(sql)
         # Worker ids are host:pid:suffix.
         running = {int(r["worker_id"].rsplit(":", 2)[1]): int(r["n"]) for r in rows}
         return {pid: n for pid, n in running.items() if pid in self._live}
@@ -153,6 +167,18 @@ class WorkerPool:
         assert victim.proc is not None
         await victim.proc.wait()
         await self.start()
+
+
+async def start_split_layout(env: dict[str, str], workers: WorkerPool, procs: list[Proc],
+                             logs: Path, worker_count: int = 2) -> str:
+    """`demat api`, `demat relay` and ``worker_count`` workers (as in docker-compose): API URL."""
+    api, url = await start_demat("api", env, logs / "api.log")
+    procs.append(api)
+    relay, _ = await start_demat("relay", env, logs / "relay.log")
+    procs.append(relay)
+    for _ in range(worker_count):
+        await workers.start()
+    return url
 
 
 def run_cli(env: dict[str, str], *args: str) -> str:

@@ -75,6 +75,7 @@ from tests.e2e.harness import (
     isolated_amqp,
     run_cli,
     start_demat,
+    start_split_layout,
 )
 from tests.unit.actes import factory
 
@@ -442,12 +443,7 @@ async def test_50_acts_on_rabbitmq_and_postgresql_with_a_worker_killed(
 
     try:
         token = await prepare_store(pg_url)
-        api_proc, url = await start_demat("api", env, tmp_path / "api.log")
-        procs.append(api_proc)
-        relay, _ = await start_demat("relay", env, tmp_path / "relay.log")
-        procs.append(relay)
-        for _ in range(2):
-            await workers.start()
+        url = await start_split_layout(env, workers, procs, tmp_path)
         async with api_client(url, token) as api:
             await refresh_classification(api)
             await peers.tdt_faults(TDT_FAULTS)

@@ -43,6 +43,7 @@ from tests.e2e.harness import (
     sim_stats,
     start_demat,
     start_simulator,
+    start_split_layout,
 )
 
 pytestmark = pytest.mark.slow
@@ -63,6 +64,9 @@ COMMON_SETTINGS = {
     "DEMAT_RETRY_LADDER": "200ms,500ms,1s,1s,1s,1s,1s,1s",
     "DEMAT_RETRY_IN_CALL": "3",
     "DEMAT_WORKER_STALE": "3s",
+    # Six kills a second apart may hit one job more than the default three times: these
+    # tests kill on purpose, they are not about poison steps (tests/e2e/test_chaos.py is).
+    "DEMAT_CRASH_LIMIT": "10",
 }
 
 
@@ -310,12 +314,7 @@ async def test_workers_killed_mid_step_on_rabbitmq_and_postgresql(
     workers = WorkerPool(env, tmp_path, pg, procs)
 
     try:
-        api_proc, url = await start_demat("api", env, tmp_path / "api.log")
-        procs.append(api_proc)
-        relay, _ = await start_demat("relay", env, tmp_path / "relay.log")
-        procs.append(relay)
-        for _ in range(2):
-            await workers.start()
+        url = await start_split_layout(env, workers, procs, tmp_path)
         api = Api(url, token)
         intake = Intake()
         kills: list[Kill] = []
