@@ -44,7 +44,7 @@ import asyncpg
 from children import ROOT, Child
 
 from broker.transport import DEFAULT_PREFIX
-from connectors.registry import all_connectors
+from broker.wiring import catalog
 
 ENTITY = "214000150"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -103,7 +103,7 @@ async def scratch_vhost(url: str, wanted: bool) -> AsyncIterator[tuple[str, str]
         finally:
             _rabbitmqctl("delete_vhost", vhost)
         return
-    queues = [f"{DEFAULT_PREFIX}.{name}" for name in all_connectors()]
+    queues = [f"{DEFAULT_PREFIX}.{name}" for name in catalog().connectors]
     queues.append(f"{DEFAULT_PREFIX}.parking")
     exchanges = [f"{DEFAULT_PREFIX}.parking", f"{DEFAULT_PREFIX}.events"]
     new_queues = [q for q in queues if not await exists(url, "queue", q)]

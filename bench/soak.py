@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
+import shutil
 import sys
 import tempfile
 import time
@@ -36,19 +36,30 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SPACING = 9.0
 
 
+def seen(fault: chaos.Fault) -> None:
+    print(f"  {fault.kind}: {fault.detail}; recovered in {fault.recovered_in:.1f}s",
+          file=sys.stderr, flush=True)
+
+
 async def soak(acts: int, depot: int, minutes: float) -> chaos.Report:
     name = f"demat_soak_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(PG_ADMIN)
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
-    plan = chaos.Plan(acts=acts, depot=depot, rounds=max(1, math.ceil(minutes)),
-                      spacing=SPACING, submit_over=minutes * 60, end_timeout=900.0)
+    # Fault rounds go on while documents are submitted.
+    plan = chaos.Plan(acts=acts, depot=depot, rounds=None, spacing=SPACING,
+                      submit_over=minutes * 60, end_timeout=900.0)
+    tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     try:
         async with isolated_amqp(AMQP_URL) as vhost:
-            with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-                return await chaos.run(Path(tmp), vhost,
-                                       f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
-                                       plan)
+            report = await chaos.run(tmp, vhost,
+                                     f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
+                                     plan, seen)
+        shutil.rmtree(tmp)
+        return report
+    except BaseException:
+        print(f"soak failed; logs kept in {tmp}", file=sys.stderr)
+        raise
     finally:
         await chaos.ensure_servers()
         admin = await asyncpg.connect(PG_ADMIN)

@@ -15,10 +15,12 @@ import aiohttp
 import click
 
 from broker import journal, logs, registry
+from broker.entity_settings import SettingsError
 from broker.runtime import prepare_store
 from broker.serve import Roles, run
 from broker.settings import Settings
 from broker.store.db import make_engine
+from broker.wiring import catalog
 
 T = TypeVar("T")
 
@@ -157,7 +159,7 @@ def token_create(ctx: click.Context, entity: str | None, operator: bool, label: 
 
     try:
         click.echo(_with_store(_settings(ctx), go))
-    except registry.InvalidEntity as exc:
+    except (registry.InvalidEntity, SettingsError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -183,18 +185,18 @@ def entity_add(ctx: click.Context, siren: str, name: str, sets: tuple[str, ...])
         connectors.setdefault(connector, {})[setting] = value
 
     async def go(conn: Any) -> None:
-        await registry.upsert_entity(conn, siren, name, connectors)
+        await registry.upsert_entity(conn, siren, name, connectors, catalog().settings)
 
     try:
         _with_store(_settings(ctx), go)
-    except registry.InvalidEntity as exc:
+    except (registry.InvalidEntity, SettingsError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"entity {siren} saved")
 
 
 def _with_store(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     async def go() -> T:
-        engine = await prepare_store(settings)
+        engine = await prepare_store(settings, catalog())
         try:
             async with engine.begin() as conn:
                 return await fn(conn)

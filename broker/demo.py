@@ -17,6 +17,7 @@ from broker.serve import Roles, run
 from broker.settings import Settings
 from broker.store.db import make_engine
 from broker.store.migrate import upgrade
+from broker.wiring import catalog
 from simulators.samples import simple_pdf
 
 SAMPLE_ENTITY = "214000150"
@@ -82,7 +83,8 @@ async def _prepare(settings: Settings, connectors: dict[str, Any]) -> tuple[str,
     engine = make_engine(settings.db_url)
     try:
         async with engine.begin() as conn:
-            await registry.upsert_entity(conn, SAMPLE_ENTITY, SAMPLE_NAME, connectors)
+            await registry.upsert_entity(conn, SAMPLE_ENTITY, SAMPLE_NAME, connectors,
+                                        catalog().settings)
             operator = await registry.create_token(conn, registry.OPERATOR, label="demo")
             entity = await registry.create_token(conn, registry.ENTITY, SAMPLE_ENTITY, "demo")
     finally:

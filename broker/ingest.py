@@ -21,13 +21,13 @@ import structlog
 
 from broker import engine as eng
 from broker import journal
+from broker.connector import Incoming, IngestSource
 from broker.ids import new_id
 from broker.outcomes import StepError
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
 from broker.store.documents import StoredFile
 from broker.store.schema import documents, entities
-from connectors.base import Incoming, IngestSource
 
 log = structlog.get_logger("demat.ingest")
 

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from broker.entity_settings import SettingsCatalog
 from broker.ids import new_id, siren_problem
 from broker.store.schema import entities, tokens
 
@@ -31,8 +32,11 @@ def validate_siren(siren: str) -> str:
 
 
 async def upsert_entity(conn: AsyncConnection, siren: str, name: str,
-                        connectors: Mapping[str, Any], now: float | None = None) -> None:
+                        connectors: Mapping[str, Any], settings: SettingsCatalog,
+                        now: float | None = None) -> None:
+    """Save an entity; its connector settings are checked first (SettingsError if not fit)."""
     validate_siren(siren)
+    connectors = settings.validate(siren, connectors)
     row = (await conn.execute(sa.select(entities.c.siren).where(entities.c.siren == siren))).first()
     if row:
         await conn.execute(entities.update().where(entities.c.siren == siren).values(
@@ -46,13 +50,14 @@ async def get_entity(conn: AsyncConnection, siren: str) -> Any | None:
     return (await conn.execute(sa.select(entities).where(entities.c.siren == siren))).first()
 
 
-async def sync_from_config(conn: AsyncConnection, declared: Mapping[str, Any]) -> int:
+async def sync_from_config(conn: AsyncConnection, declared: Mapping[str, Any],
+                           settings: SettingsCatalog) -> int:
     """Upsert the entities a TOML config declares (``[entities.<SIREN>]``)."""
     for siren, table in declared.items():
         if not isinstance(table, dict):
             raise InvalidEntity(f"[entities.{siren}] must be a table")
         await upsert_entity(conn, str(siren), str(table.get("name", siren)),
-                            table.get("connectors", {}))
+                            table.get("connectors", {}), settings)
     return len(declared)
 
 

@@ -14,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from broker import registry
 from broker.batch import Batcher
 from broker.blobs import BlobStore
+from broker.catalog import Catalog
+from broker.connector import Connector
 from broker.engine import Policies
 from broker.flows.base import Flow
-from broker.flows.registry import FLOWS
 from broker.settings import Settings
 from broker.store.db import make_engine
 from broker.store.migrate import upgrade
@@ -24,7 +25,6 @@ from broker.store.outage import StoreGate
 from broker.transport import make_transport
 from broker.transport.base import Transport
 from broker.ttlcache import TtlCache
-from connectors.base import Connector
 
 
 class Notifier:
@@ -48,8 +48,8 @@ class Runtime:
     db: AsyncEngine
     blobs: BlobStore
     transport: Transport
-    connectors: Mapping[str, Connector]
-    flows: Mapping[str, Flow] = field(default_factory=lambda: dict(FLOWS))
+    # The flows served and the connectors that run their steps.
+    catalog: Catalog
     notifier: Notifier = field(default_factory=Notifier)
     # Group-commit writers of this process, by use (created by their users).
     writers: dict[str, Batcher[Any, Any]] = field(default_factory=dict)
@@ -62,6 +62,14 @@ class Runtime:
         self.gate = StoreGate(self.db)
 
     @property
+    def connectors(self) -> Mapping[str, Connector]:
+        return self.catalog.connectors
+
+    @property
+    def flows(self) -> Mapping[str, Flow]:
+        return self.catalog.flows
+
+    @property
     def policies(self) -> Policies:
         return Policies(self.settings.retry_policy, self.settings.poll_policy)
 
@@ -70,17 +78,16 @@ class Runtime:
         return self.transport.name == "embedded"
 
     @classmethod
-    async def open(cls, settings: Settings, connectors: Mapping[str, Connector],
-                   *, migrate: bool = True) -> Runtime:
+    async def open(cls, settings: Settings, catalog: Catalog, *, migrate: bool = True) -> Runtime:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         blobs = BlobStore(settings.blob_dir, settings.tmp_dir)
         blobs.ensure()
-        db = await prepare_store(settings, migrate=migrate)
+        db = await prepare_store(settings, catalog, migrate=migrate)
         transport = make_transport(settings.amqp_url, delivery_limit=settings.delivery_limit)
         await transport.start()
-        for name in connectors:
+        for name in catalog.connectors:
             await transport.declare(transport.work_queue(name))
-        return cls(settings, db, blobs, transport, connectors)
+        return cls(settings, db, blobs, transport, catalog)
 
     async def close(self) -> None:
         await self.gate.close()
@@ -88,8 +95,13 @@ class Runtime:
         await self.db.dispose()
 
 
-async def prepare_store(settings: Settings, *, migrate: bool = True) -> AsyncEngine:
-    """Migrate the database, load the entities the TOML config declares, return an engine."""
+async def prepare_store(settings: Settings, catalog: Catalog, *,
+                        migrate: bool = True) -> AsyncEngine:
+    """Migrate the database, load the entities the TOML config declares, return an engine.
+
+    The declared settings are checked against the connectors' models: a bad value stops
+    the start, naming the entity, the connector and the field.
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if migrate:
         await upgrade(settings.db_url)
@@ -97,7 +109,7 @@ async def prepare_store(settings: Settings, *, migrate: bool = True) -> AsyncEng
     declared = settings.entities_file()
     if declared:
         async with db.begin() as conn:
-            await registry.sync_from_config(conn, declared)
+            await registry.sync_from_config(conn, declared, catalog.settings)
     return db
 
 

@@ -13,12 +13,14 @@ from aiohttp import web
 
 from broker import registry
 from broker.api.app import build_app
+from broker.catalog import CatalogError
+from broker.entity_settings import SettingsError
 from broker.ingest import Ingestor
 from broker.relay import Relay
 from broker.runtime import Runtime
 from broker.settings import Settings
+from broker.wiring import catalog
 from broker.worker import Worker
-from connectors.registry import all_connectors
 
 log = structlog.get_logger("demat.serve")
 
@@ -54,7 +56,11 @@ async def run(settings: Settings, roles: Roles, *,
     if settings.amqp_url is None and not (roles.api and roles.relay and roles.worker):
         raise SystemExit("separate api/worker/relay processes need a shared transport: "
                          "set DEMAT_AMQP_URL (and DEMAT_DATABASE_URL)")
-    rt = await Runtime.open(settings, all_connectors())
+    try:
+        rt = await Runtime.open(settings, catalog())
+    except (CatalogError, SettingsError, registry.InvalidEntity) as exc:
+        # A flow step without its connector, or an entity's bad settings: say which, stop.
+        raise SystemExit(f"cannot start: {exc}") from exc
     async with AsyncExitStack() as stack:
         stack.push_async_callback(rt.close)
         if roles.relay:

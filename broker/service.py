@@ -25,6 +25,7 @@ from broker import engine as eng
 from broker import journal, registry
 from broker.batch import Batcher
 from broker.blobs import Staged
+from broker.connector import ClassificationSource
 from broker.flows.base import Flow, Intake, Problem, UploadedFile
 from broker.ids import new_id, siren_problem
 from broker.metrics import DOCUMENTS_SUBMITTED
@@ -35,7 +36,6 @@ from broker.store import classifications
 from broker.store import documents as docs
 from broker.store.documents import StoredFile
 from broker.store.schema import documents, jobs
-from connectors.base import ClassificationSource
 
 MAX_PAGE = 500
 MAX_REPLAY_BATCH = 1000

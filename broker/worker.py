@@ -33,6 +33,7 @@ import structlog
 
 from broker import engine as eng
 from broker.batch import Batcher
+from broker.connector import FileView, StepContext
 from broker.ids import new_id
 from broker.metrics import JOB_RUNS, STEP_SECONDS
 from broker.outcomes import Done, NewFile, Outcome, Rejected, StepError, TransientError
@@ -45,7 +46,6 @@ from broker.store.documents import StoredFile
 from broker.store.outage import is_outage
 from broker.store.schema import documents, entities, files, jobs, workers
 from broker.transport.base import Consumer, Delivery
-from connectors.base import FileView, StepContext
 
 log = structlog.get_logger("demat.worker")
 

@@ -56,7 +56,9 @@ from connectors.base import (
     PermanentError,
     Rejected,
     StepContext,
+    settings_of,
 )
+from connectors.s2low.settings import TdtAccount
 
 TRANSACTION_REF = "tdt_transaction"
 CREATE_MARK = "tdt_create_started"
@@ -74,11 +76,8 @@ LOOKUP_DAYS = 31
 DEFAULT_POLL = 30.0
 
 
-def _poll_after(config: Mapping[str, Any]) -> float:
-    value = config.get("poll_after", DEFAULT_POLL)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise PermanentError(f"connectors.tdt.poll_after must be positive seconds, got {value!r}")
-    return float(value)
+def _poll_after(config: Mapping[str, Any], entity: str) -> float:
+    return settings_of(TdtAccount, config, entity, "tdt").poll_after
 
 
 def _file_name(name: str) -> str:
@@ -118,7 +117,7 @@ def submission(ctx: StepContext) -> ActeSubmission:
         acte=attach(acts[0]),
         annexes=tuple(attach(a) for a in annexes),
         type_pj=tuple(meta.annex_types(len(annexes))),
-        en_attente=bool(ctx.config.get("en_attente", False)),
+        en_attente=settings_of(TdtAccount, ctx.config, ctx.entity, "tdt").en_attente,
     )
 
 
@@ -191,12 +190,15 @@ class TdtActesConnector:
 
     name = "tdt"
     steps = frozenset({"transmit", "cancel"})
+    settings_key = "tdt"
+    settings = TdtAccount
+    serves = frozenset({("actes", "transmit"), ("actes", "cancel")})
 
     async def run(self, ctx: StepContext) -> Outcome:
         if ctx.step not in self.steps:
             raise PermanentError(f"the tdt connector has no step {ctx.step!r}")
         client = TdtClient(ctx.http, tdt_settings(ctx.config, ctx.entity))
-        poll = _poll_after(ctx.config)
+        poll = _poll_after(ctx.config, ctx.entity)
         if ctx.step == "transmit":
             return await self._transmit(ctx, client, poll)
         return await self._cancel(ctx, client, poll)

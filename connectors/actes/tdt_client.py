@@ -24,7 +24,15 @@ from typing import IO, Any
 
 import aiohttp
 
-from connectors.base import PermanentError, TransientError, error_for_status, transient_from
+from connectors.base import (
+    PermanentError,
+    TransientError,
+    error_for_status,
+    secret_of,
+    settings_of,
+    transient_from,
+)
+from connectors.s2low.settings import TdtAccount
 
 ACTES = "/modules/actes"
 
@@ -87,47 +95,17 @@ class TdtSettings:
     timeout: float = 60.0
 
 
-def _path(config: Mapping[str, Any], key: str, who: str, required: bool) -> Path | None:
-    value = config.get(key)
-    if value in (None, ""):
-        if required:
-            raise PermanentError(f"{who}: connectors.tdt.{key} is required (PEM path)")
-        return None
-    if not isinstance(value, str) or not Path(value).is_absolute():
-        raise PermanentError(
-            f"{who}: connectors.tdt.{key} must be an absolute PEM file path, got {value!r}"
-        )
-    return Path(value)
-
-
 def tdt_settings(config: Mapping[str, Any], entity: str | None) -> TdtSettings:
     """The entity's TdT endpoint and credentials, or a PermanentError naming what is wrong."""
-    who = f"entity {entity}" if entity else "tdt connector"
-    url = config.get("url")
-    if not isinstance(url, str) or not url.startswith("https://"):
-        raise PermanentError(
-            f"{who}: connectors.tdt.url must be the TdT's https:// URL, got {url!r}"
-        )
-    timeout = config.get("timeout", 60)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise PermanentError(
-            f"{who}: connectors.tdt.timeout must be a positive number of seconds, got {timeout!r}"
-        )
-    login = config.get("login") or None
-    password = config.get("password")
-    if login is not None and not isinstance(password, str):
-        raise PermanentError(f"{who}: connectors.tdt.password is required with login")
-    cert = _path(config, "cert", who, True)
-    key = _path(config, "key", who, True)
-    assert cert is not None and key is not None
+    account = settings_of(TdtAccount, config, entity, "tdt")
     return TdtSettings(
-        url.rstrip("/"),
-        cert,
-        key,
-        _path(config, "ca", who, False),
-        str(login) if login is not None else None,
-        password if login is not None else None,
-        float(timeout),
+        account.url.rstrip("/"),
+        account.cert,
+        account.key,
+        account.ca,
+        account.login or None,
+        secret_of(account, "password", entity, "tdt") if account.login else None,
+        account.timeout,
     )
 
 

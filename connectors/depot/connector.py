@@ -13,9 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from connectors.base import Done, Outcome, PermanentError, StepContext
+from connectors.base import (
+    Done,
+    Outcome,
+    PermanentError,
+    StepContext,
+    secret_of,
+    settings_of,
+)
 from connectors.depot.client import DepotClient
 from connectors.depot.folder import deliver_to_folder
+from connectors.depot.settings import DepotSettings
 
 
 @dataclass(frozen=True)
@@ -32,38 +40,13 @@ class FolderTarget:
 
 def depot_target(config: Mapping[str, Any], entity: str) -> HttpTarget | FolderTarget:
     """The entity's depot endpoint, or a PermanentError saying what to configure."""
-    mode = config.get("mode")
-    if mode is None:
-        mode = "folder" if config.get("path") and not config.get("url") else "http"
-    if mode == "http":
-        url = config.get("url")
-        if not url:
-            raise PermanentError(
-                f"entity {entity} has no depot endpoint configured (connectors.depot.url or .path)"
-            )
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise PermanentError(
-                f"entity {entity}: connectors.depot.url must be an http(s) URL, got {url!r}"
-            )
-        timeout = config.get("timeout", 30)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise PermanentError(
-                f"entity {entity}: connectors.depot.timeout must be a positive number "
-                f"of seconds, got {timeout!r}"
-            )
-        token = config.get("token")
-        return HttpTarget(url, str(token) if token else None, float(timeout))
-    if mode == "folder":
-        path = config.get("path")
-        if not isinstance(path, str) or not Path(path).is_absolute():
-            raise PermanentError(
-                f"entity {entity}: connectors.depot.path must be an absolute directory path, "
-                f"got {path!r}"
-            )
-        return FolderTarget(Path(path))
-    raise PermanentError(
-        f"entity {entity}: unknown connectors.depot.mode {mode!r} (expected 'http' or 'folder')"
-    )
+    settings = settings_of(DepotSettings, config, entity, "depot")
+    if settings.way == "folder":
+        assert settings.path is not None
+        return FolderTarget(settings.path)
+    assert settings.url is not None
+    return HttpTarget(settings.url, secret_of(settings, "token", entity, "depot"),
+                      settings.timeout)
 
 
 def manifest(ctx: StepContext) -> dict[str, Any]:
@@ -85,6 +68,9 @@ class DepotConnector:
 
     name = "depot"
     steps = frozenset({"deliver"})
+    settings_key = "depot"
+    settings = DepotSettings
+    serves = frozenset({("depot", "deliver")})
 
     async def run(self, ctx: StepContext) -> Outcome:
         if ctx.step not in self.steps:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import PurePath
 from typing import Any
@@ -35,10 +34,12 @@ from connectors.base import (
     PermanentError,
     Rejected,
     StepContext,
+    secret_of,
+    settings_of,
 )
 from connectors.parapheur.client import ParapheurClient
+from connectors.parapheur.settings import ParapheurSettings
 from connectors.parapheur.soap import (
-    VISIBILITES,
     Attachment,
     DossierExists,
     DossierUnknown,
@@ -61,80 +62,11 @@ ROLE_SIGNATURE = "signature"  # detached CAdES, for PKCS7 types
 
 FINISHED = "Archive"
 SIGNED_STATUSES = frozenset({"Signe", "SignatairePapier", "CachetOK", "Vise"})
-DEFAULT_DEADLINE_DAYS = 30
-DEFAULT_POLL_INTERVAL = 600.0  # Pastell checks every 10 minutes
-
-
-@dataclass(frozen=True)
-class ParapheurSettings:
-    url: str
-    type_technique: str
-    sous_type: str
-    login: str | None = None
-    password: str | None = None
-    deadline_days: int = DEFAULT_DEADLINE_DAYS
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    visibilite: str = "SERVICE"
-    timeout: float = 120.0
-    email_emetteur: str | None = None
-    # i-Parapheur metadata name -> key of the document's metadata.
-    metadata: Mapping[str, str] | None = None
-
-
-def _positive(config: Mapping[str, Any], key: str, default: float, entity: str) -> float:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise PermanentError(
-            f"entity {entity}: connectors.parapheur.{key} must be a positive number, got {value!r}"
-        )
-    return float(value)
-
-
-def _required(config: Mapping[str, Any], key: str, entity: str) -> str:
-    value = config.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise PermanentError(f"entity {entity}: connectors.parapheur.{key} is not configured")
-    return value.strip()
 
 
 def parapheur_settings(config: Mapping[str, Any], entity: str) -> ParapheurSettings:
     """The entity's parapheur configuration, or a PermanentError saying what to fix."""
-    url = _required(config, "url", entity)
-    if not url.startswith(("http://", "https://")):
-        raise PermanentError(
-            f"entity {entity}: connectors.parapheur.url must be an http(s) URL, got {url!r}"
-        )
-    visibilite = str(config.get("visibilite", "SERVICE")).upper()
-    if visibilite not in VISIBILITES:
-        raise PermanentError(
-            f"entity {entity}: connectors.parapheur.visibilite must be one of "
-            f"{', '.join(VISIBILITES)}, got {visibilite!r}"
-        )
-    metadata = config.get("metadata")
-    if metadata is not None and not (
-        isinstance(metadata, Mapping)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
-    ):
-        raise PermanentError(
-            f"entity {entity}: connectors.parapheur.metadata must map parapheur metadata "
-            "names to document metadata keys"
-        )
-    login = config.get("login")
-    password = config.get("password")
-    email = config.get("email_emetteur")
-    return ParapheurSettings(
-        url=url,
-        type_technique=_required(config, "type", entity),
-        sous_type=_required(config, "sous_type", entity),
-        login=str(login) if login else None,
-        password=str(password) if password else None,
-        deadline_days=int(_positive(config, "deadline_days", DEFAULT_DEADLINE_DAYS, entity)),
-        poll_interval=_positive(config, "poll_interval", DEFAULT_POLL_INTERVAL, entity),
-        visibilite=visibilite,
-        timeout=_positive(config, "timeout", 120.0, entity),
-        email_emetteur=str(email) if email else None,
-        metadata=metadata,
-    )
+    return settings_of(ParapheurSettings, config, entity, "parapheur")
 
 
 def document_to_sign(ctx: StepContext) -> FileView:
@@ -171,6 +103,9 @@ class ParapheurConnector:
 
     name = "parapheur"
     steps = frozenset({"sign"})
+    settings_key = "parapheur"
+    settings = ParapheurSettings
+    serves = frozenset({("actes", "sign")})
 
     def __init__(self, today: Callable[[], date] = date.today) -> None:
         self._today = today
@@ -182,7 +117,8 @@ class ParapheurConnector:
             return _rejected(json.loads(ctx.refs[REF_REJET]))
         settings = parapheur_settings(ctx.config, ctx.entity)
         client = ParapheurClient(
-            ctx.http, settings.url, settings.login, settings.password, settings.timeout
+            ctx.http, settings.url, settings.login,
+            secret_of(settings, "password", ctx.entity, "parapheur"), settings.timeout
         )
         known = ctx.refs.get(REF_DOSSIER)
         dossier_id = known or dossier_id_for(ctx.document_id, document_to_sign(ctx))

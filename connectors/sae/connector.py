@@ -23,11 +23,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 
+from broker.entity_settings import HttpUrl, problems_of
 from connectors.base import (
+    ConnectorSettings,
     Done,
     NewFile,
     Outcome,
@@ -36,6 +38,8 @@ from connectors.base import (
     Rejected,
     StepContext,
     TransientError,
+    secret_of,
+    settings_of,
 )
 from connectors.sae.client import AsalaeClient, ChunkSession
 from connectors.sae.seda import (
@@ -57,14 +61,16 @@ REF_ACK = "sae_ack"
 ATR_ROLE = "atr"
 
 
-class SaeConfig(BaseModel):
-    """An entity's ``connectors.sae`` configuration."""
+class SaeConfig(ConnectorSettings):
+    """An entity's ``connectors.sae`` configuration (its As@lae account and agencies)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    SECRETS: ClassVar[tuple[str, ...]] = ("password",)
 
-    url: str = Field(pattern=r"^https?://")
+    url: HttpUrl
     login: str = Field(min_length=1, pattern=r"^[^:]+$")  # Basic auth cannot carry a colon
-    password: str = Field(min_length=1)
+    password: SecretStr | None = Field(default=None, min_length=1)
+    password_file: Path | None = None
+    password_env: str | None = None
     archival_agency: str = Field(min_length=1)
     transferring_agency: str = Field(min_length=1)
     originating_agency: str = Field(min_length=1)
@@ -76,6 +82,12 @@ class SaeConfig(BaseModel):
     chunk_size: int | None = Field(default=None, gt=0)  # default: chunk_threshold
     timeout: float = Field(default=120.0, gt=0)  # seconds, per HTTP request
     poll_after: float = Field(default=3600.0, gt=0)  # the longest wait between polls
+
+    @model_validator(mode="after")
+    def _a_password(self) -> Self:
+        if all(getattr(self, f) is None for f in ("password", "password_file", "password_env")):
+            raise ValueError("a password is needed (password, password_file or password_env)")
+        return self
 
     @property
     def agencies(self) -> Agencies:
@@ -89,18 +101,9 @@ class SaeConfig(BaseModel):
         )
 
 
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()
-    )
-
-
 def sae_config(config: Mapping[str, Any], entity: str) -> SaeConfig:
     """The entity's SAE settings, or a PermanentError naming what to fix."""
-    try:
-        return SaeConfig.model_validate(dict(config))
-    except ValidationError as exc:
-        raise PermanentError(f"entity {entity}: connectors.sae: {_problems(exc)}") from exc
+    return settings_of(SaeConfig, config, entity, "sae")
 
 
 def _title(ctx: StepContext) -> str:
@@ -146,7 +149,8 @@ def describe(ctx: StepContext) -> ArchiveDescription:
         )
     except ValidationError as exc:
         raise PermanentError(
-            f"document {ctx.document_id}: cannot describe it for the SAE: {_problems(exc)}"
+            f"document {ctx.document_id}: cannot describe it for the SAE: "
+            + "; ".join(f"{field or 'value'}: {what}" for field, what in problems_of(exc))
         ) from exc
 
 
@@ -169,12 +173,16 @@ class SaeConnector:
 
     name = "sae"
     steps = frozenset({"archive"})
+    settings_key = "sae"
+    settings = SaeConfig
+    serves = frozenset({("actes", "archive")})
 
     async def run(self, ctx: StepContext) -> Outcome:
         if ctx.step not in self.steps:
             raise PermanentError(f"the sae connector has no step {ctx.step!r}")
         cfg = sae_config(ctx.config, ctx.entity)
-        client = AsalaeClient(ctx.http, cfg.url.rstrip("/"), cfg.login, cfg.password, cfg.timeout)
+        password = secret_of(cfg, "password", ctx.entity, "sae") or ""
+        client = AsalaeClient(ctx.http, cfg.url.rstrip("/"), cfg.login, password, cfg.timeout)
         transfer_id = ctx.refs.get(REF_TRANSFER)
         if transfer_id is None or REF_SENT not in ctx.refs:
             return await self._transfer(ctx, cfg, client, transfer_id)

@@ -23,7 +23,7 @@ import aiohttp
 import asyncpg
 
 from broker.transport import DEFAULT_PREFIX
-from connectors.registry import all_connectors
+from broker.wiring import catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"completed", "rejected", "failed", "cancelled"}
@@ -160,6 +160,12 @@ class WorkerPool:
         running = {int(r["worker_id"].rsplit(":", 2)[1]): int(r["n"]) for r in rows}
         return {pid: n for pid, n in running.items() if pid in self._live}
 
+    async def kill_any(self) -> int:
+        """SIGKILL the oldest live worker and start another; its pid."""
+        pid = next(iter(self._live))
+        await self.kill_and_replace(pid)
+        return pid
+
     async def kill_and_replace(self, pid: int) -> None:
         """SIGKILL worker ``pid``, wait for it to die, start another."""
         victim = self._live.pop(pid)
@@ -283,7 +289,7 @@ async def delete_demat_queues(url: str) -> None:
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel()
-        for name in [*all_connectors(), "parking"]:
+        for name in [*catalog().connectors, "parking"]:
             await channel.queue_delete(f"{DEFAULT_PREFIX}.{name}")
         for exchange in ("parking", "events"):
             await channel.exchange_delete(f"{DEFAULT_PREFIX}.{exchange}")

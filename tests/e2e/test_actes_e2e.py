@@ -46,7 +46,7 @@ from broker.settings import Settings
 from broker.store import classifications
 from broker.store.db import make_engine
 from broker.store.migrate import upgrade
-from connectors.registry import all_connectors
+from broker.wiring import catalog
 from tests.e2e.actes_stack import (
     ENTITY,
     SHORT_SETTINGS,
@@ -675,10 +675,10 @@ class Intaker:
 async def intaker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Intaker]:
     """The API in this process, the entity's classification stored as if fetched."""
     data_dir = tmp_path_factory.mktemp("intake") / "data"
-    rt = await Runtime.open(Settings(data_dir=data_dir), all_connectors())
+    rt = await Runtime.open(Settings(data_dir=data_dir), catalog())
     current = factory.classification(dt.date(2024, 1, 15))
     async with rt.db.begin() as conn:
-        await registry.upsert_entity(conn, ENTITY, "Commune de Test", {})
+        await registry.upsert_entity(conn, ENTITY, "Commune de Test", {}, catalog().settings)
         token = await registry.create_token(conn, registry.OPERATOR)
         await classifications.put(
             conn,

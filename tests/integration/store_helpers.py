@@ -13,16 +13,17 @@ from broker.runtime import Runtime, now
 from broker.settings import Settings
 from broker.store import documents as docs
 from broker.store.schema import jobs
-from connectors.registry import all_connectors
+from broker.wiring import catalog
 
 ENTITY = "214000150"
 
 
 async def open_runtime(database_url: str | None, data_dir: Path, **settings: Any) -> Runtime:
     runtime = await Runtime.open(
-        Settings(data_dir=data_dir, database_url=database_url, **settings), all_connectors())
+        Settings(data_dir=data_dir, database_url=database_url, **settings), catalog())
     async with runtime.db.begin() as conn:
-        await registry.upsert_entity(conn, ENTITY, "Commune", {"depot": {"url": "http://x"}})
+        await registry.upsert_entity(conn, ENTITY, "Commune", {"depot": {"url": "http://x"}},
+                                     runtime.catalog.settings)
     return runtime
 
 

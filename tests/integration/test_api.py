@@ -19,7 +19,7 @@ from broker import registry
 from broker.api.app import build_app
 from broker.runtime import Runtime
 from broker.settings import Settings
-from connectors.registry import all_connectors
+from broker.wiring import catalog
 
 ENTITY = "214000150"
 OTHER = "200000008"
@@ -54,10 +54,10 @@ class Client:
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Client]:
     settings = Settings(data_dir=tmp_path / "data", max_upload=1024 * 1024)
-    rt = await Runtime.open(settings, all_connectors())
+    rt = await Runtime.open(settings, catalog())
     async with rt.db.begin() as conn:
-        await registry.upsert_entity(conn, ENTITY, "Commune A", {})
-        await registry.upsert_entity(conn, OTHER, "Commune B", {})
+        await registry.upsert_entity(conn, ENTITY, "Commune A", {}, catalog().settings)
+        await registry.upsert_entity(conn, OTHER, "Commune B", {}, catalog().settings)
         tokens = {"operator": await registry.create_token(conn, registry.OPERATOR),
                   "entity": await registry.create_token(conn, registry.ENTITY, ENTITY),
                   "other": await registry.create_token(conn, registry.ENTITY, OTHER)}
@@ -225,9 +225,9 @@ def _peak_rss_kib() -> int:
 async def test_a_150_mib_upload_streams_with_flat_memory(tmp_path: Path) -> None:
     size = 150 * 1024 * 1024
     settings = Settings(data_dir=tmp_path / "data")
-    rt = await Runtime.open(settings, all_connectors())
+    rt = await Runtime.open(settings, catalog())
     async with rt.db.begin() as conn:
-        await registry.upsert_entity(conn, ENTITY, "Commune A", {})
+        await registry.upsert_entity(conn, ENTITY, "Commune A", {}, catalog().settings)
         token = await registry.create_token(conn, registry.OPERATOR)
     client = TestClient(TestServer(build_app(rt)))
     await client.start_server()

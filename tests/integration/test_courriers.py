@@ -21,8 +21,8 @@ from broker.relay import Relay
 from broker.runtime import Runtime
 from broker.service import ServiceError
 from broker.settings import Settings
+from broker.wiring import catalog
 from broker.worker import Worker
-from connectors.registry import all_connectors
 from simulators.common import stats_of
 from simulators.samples import simple_pdf
 from simulators.tdt import CertFiles, build_app, ensure_certs, serving_tls
@@ -57,11 +57,11 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     async with serving_tls(app, certs) as url:
         settings = Settings(data_dir=tmp_path / "data", poll_first="100ms",
                             retry_ladder="100ms,100ms", ingest_interval="1h")
-        rt = await Runtime.open(settings, all_connectors())
+        rt = await Runtime.open(settings, catalog())
         async with rt.db.begin() as conn:
             await registry.upsert_entity(conn, ENTITY, "Commune", {"tdt": {
                 "url": url, "cert": str(certs.client_cert), "key": str(certs.client_key),
-                "ca": str(certs.ca), "poll_after": 1}})
+                "ca": str(certs.ca), "poll_after": 1}}, rt.catalog.settings)
         relay, worker = Relay(rt), Worker(rt)
         await relay.start()
         await worker.start()

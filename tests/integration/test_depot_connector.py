@@ -208,11 +208,14 @@ async def test_lost_answer_is_reconciled_by_a_quick_retry(step: Step, inbox: Inb
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({}, f"entity {ENTITY} has no depot endpoint configured (connectors.depot.url or .path)"),
-        ({"mode": "ftp", "url": "ftp://x"}, "unknown connectors.depot.mode 'ftp'"),
-        ({"url": "inbox.example"}, "must be an http(s) URL"),
-        ({"url": "http://x/inbox", "timeout": 0}, "timeout must be a positive number"),
-        ({"mode": "folder", "path": "relative/dir"}, "absolute directory path"),
+        ({}, f"entity {ENTITY}: connectors.depot: no depot endpoint: set url (http) or path"),
+        ({"mode": "ftp", "url": "http://x"}, "connectors.depot.mode: Input should be 'http' or"),
+        ({"url": "inbox.example"}, "connectors.depot.url: must be an http(s) URL (got 'inbox"),
+        ({"url": "http://x/inbox", "timeout": 0}, "connectors.depot.timeout: Input should be "
+                                                  "greater than 0 (got 0)"),
+        ({"mode": "folder", "path": "relative/dir"}, "connectors.depot.path: must be an "
+                                                      "absolute directory path"),
+        ({"url": "http://x", "tocken": "t"}, "connectors.depot.tocken: unknown setting"),
     ],
 )
 async def test_configuration_errors_say_what_to_fix(

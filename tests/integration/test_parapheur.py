@@ -492,11 +492,13 @@ async def test_basic_auth(step: Step, sim: Sim) -> None:
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"type": "ACTES", "sous_type": "D"}, "connectors.parapheur.url is not configured"),
-        ({"url": "ftp://x", "type": "A", "sous_type": "D"}, "must be an http(s) URL"),
-        ({"url": "http://x", "sous_type": "D"}, "connectors.parapheur.type is not configured"),
-        ({"url": "http://x", "type": "A", "sous_type": "D", "deadline_days": 0}, "positive"),
-        ({"url": "http://x", "type": "A", "sous_type": "D", "visibilite": "x"}, "visibilite"),
+        ({"type": "ACTES", "sous_type": "D"}, "connectors.parapheur.url: required"),
+        ({"url": "ftp://x", "type": "A", "sous_type": "D"}, "url: must be an http(s) URL"),
+        ({"url": "http://x", "sous_type": "D"}, "connectors.parapheur.type: required"),
+        ({"url": "http://x", "type": "A", "sous_type": "D", "deadline_days": 0},
+         "connectors.parapheur.deadline_days: Input should be greater than 0"),
+        ({"url": "http://x", "type": "A", "sous_type": "D", "visibilite": "x"},
+         "connectors.parapheur.visibilite: Input should be 'PUBLIC', 'SERVICE' or"),
     ],
 )
 async def test_configuration_errors_say_what_to_fix(

@@ -400,9 +400,9 @@ async def test_wrong_password_is_permanent(step: Step, sae: Start) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"url": None}, "connectors.sae: url: Input should be a valid string"),
-        ({"url": "ftp://sae"}, "connectors.sae: url: String should match pattern"),
-        ({"chunk_treshold": 5}, "chunk_treshold: Extra inputs are not permitted"),
+        ({"url": None}, "connectors.sae.url: Input should be a valid string (got None)"),
+        ({"url": "ftp://sae"}, "connectors.sae.url: must be an http(s) URL (got 'ftp://sae')"),
+        ({"chunk_treshold": 5}, "connectors.sae.chunk_treshold: unknown setting"),
     ],
 )
 async def test_configuration_errors_say_what_to_fix(

@@ -25,12 +25,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from broker.catalog import Catalog
+from broker.flows.depot import DEPOT
 from broker.outcomes import Done, Outcome
 from broker.relay import Relay
 from broker.runtime import Runtime
 from broker.store.schema import documents, jobs, journal
 from broker.worker import Worker
 from connectors.base import StepContext
+from connectors.depot.settings import DepotSettings
 from tests.e2e.harness import isolated_amqp
 from tests.integration.store_helpers import new_documents, open_runtime
 from tests.tcpproxy import TcpProxy
@@ -47,6 +50,9 @@ class SavingStep:
 
     name = "depot"
     steps = frozenset({"deliver"})
+    settings_key = "depot"
+    settings = DepotSettings
+    serves = frozenset({("depot", "deliver")})
 
     def __init__(self) -> None:
         self.started: Counter[str] = Counter()
@@ -83,7 +89,7 @@ async def stack(amqp_url: str, pg_url: str, tmp_path: Path) -> AsyncIterator[Sta
                                 amqp_url=f"{amqp.url}?reconnect_interval=0.2",
                                 worker_stale="3s")
         step = SavingStep()
-        rt.connectors = {"depot": step}
+        rt.catalog = Catalog.build([DEPOT], [step])
         relay, worker = Relay(rt), Worker(rt, ["depot"])
         await relay.start()
         await worker.start()

@@ -76,11 +76,20 @@ def test_compose_shape_and_settings() -> None:
     assert env["DEMAT_DATABASE_URL"].startswith("postgresql+asyncpg://")
 
 
-def test_example_config_declares_valid_entities() -> None:
+def test_example_config_declares_valid_entities(tmp_path: Path) -> None:
     from broker.ids import siren_problem
+    from broker.wiring import catalog
 
     config = tomllib.loads((ROOT / "docs/examples/demat.toml").read_text())
     assert config["entities"]
     for siren, table in config["entities"].items():
         assert siren_problem(siren) is None
         assert "depot" in table["connectors"]
+        connectors = dict(table["connectors"])
+        if "tdt" in connectors:
+            # The certificate files live on the operator's machine: stand-ins here.
+            pem = tmp_path / "stand-in.pem"
+            pem.write_text("-----BEGIN CERTIFICATE-----\n")
+            connectors["tdt"] = {**connectors["tdt"], **{
+                k: str(pem) for k in ("cert", "key", "ca") if k in connectors["tdt"]}}
+        catalog().settings.validate(siren, connectors)
