@@ -29,6 +29,7 @@ from broker.outcomes import (
 from broker.retry import InCallRetry, RetryPolicy
 
 __all__ = [
+    "Checkable",
     "ClassificationSource",
     "Connector",
     "ConnectorSettings",
@@ -151,6 +152,15 @@ def secret_of(settings: ConnectorSettings, name: str, entity: str | None,
     except LookupError as exc:
         who = f"entity {entity}: " if entity else ""
         raise PermanentError(f"{who}connectors.{key}.{exc}") from exc
+
+
+@runtime_checkable
+class Checkable(Protocol):
+    """A connector that can ask its peer a harmless question with an entity's settings."""
+
+    async def check(self, config: Mapping[str, Any], entity: str,
+                    http: aiohttp.ClientSession) -> str:
+        """What the peer answered, in a sentence; raise a StepError when it did not."""
 
 
 @runtime_checkable

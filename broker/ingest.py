@@ -66,7 +66,7 @@ class Ingestor:
         stored = 0
         for siren, connectors in rows:
             for name, source in self.sources.items():
-                config = connectors.get(name)
+                config = connectors.get(self.rt.connectors[name].settings_key)
                 if config:
                     stored += await self._entity(http, siren, name, source, config)
         return stored

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker.entity_settings import SettingsCatalog
 from broker.ids import new_id, siren_problem
-from broker.store.schema import entities, tokens
+from broker.store import entities as stored_entities
+from broker.store.schema import tokens
 
 OPERATOR = "operator"
 ENTITY = "entity"
@@ -36,18 +37,12 @@ async def upsert_entity(conn: AsyncConnection, siren: str, name: str,
                         now: float | None = None) -> None:
     """Save an entity; its connector settings are checked first (SettingsError if not fit)."""
     validate_siren(siren)
-    connectors = settings.validate(siren, connectors)
-    row = (await conn.execute(sa.select(entities.c.siren).where(entities.c.siren == siren))).first()
-    if row:
-        await conn.execute(entities.update().where(entities.c.siren == siren).values(
-            name=name, connectors=dict(connectors)))
-    else:
-        await conn.execute(entities.insert().values(
-            siren=siren, name=name, connectors=dict(connectors), created_at=now or time.time()))
+    await stored_entities.put(conn, siren, name, settings.validate(siren, connectors),
+                              now or time.time())
 
 
 async def get_entity(conn: AsyncConnection, siren: str) -> Any | None:
-    return (await conn.execute(sa.select(entities).where(entities.c.siren == siren))).first()
+    return await stored_entities.get(conn, siren)
 
 
 async def sync_from_config(conn: AsyncConnection, declared: Mapping[str, Any],

@@ -303,7 +303,7 @@ async def refresh_classification(rt: Runtime, who: Principal, entity: str,
         row = await registry.get_entity(conn, entity)
     if row is None:
         raise not_found(f"entity {entity}")
-    config = row.connectors.get(flow.classification_from, {})
+    config = row.connectors.get(rt.connectors[flow.classification_from].settings_key, {})
     try:
         async with aiohttp.ClientSession() as http:
             version_date, data = await source.fetch_classification(config, http)

@@ -33,3 +33,7 @@ class TtlCache(Generic[V]):
         if len(self._seen) >= self._size:
             self._seen.clear()
         self._seen[key] = (time.monotonic() + self._seconds, value)
+
+    def forget(self, key: str) -> None:
+        """Drop ``key`` (its answer changed in this process)."""
+        self._seen.pop(key, None)

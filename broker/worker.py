@@ -235,7 +235,9 @@ class Worker:
             if job is None or doc is None:
                 claims.append(None)
                 continue
-            config = configs.get(doc.entity, {}).get(job.connector, {})
+            # Settings are kept under the connector's settings key (one per peer account).
+            key = self.rt.connectors[job.connector].settings_key
+            config = configs.get(doc.entity, {}).get(key, {})
             claims.append(Claim(job, doc, file_rows.get(doc.id, []), config, token))
         return claims
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import sqlalchemy as sa
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from broker import registry, service
+from broker import entities, registry, service
 from broker.api import models, openapi
 from broker.blobs import TooLarge
 from broker.flows.base import Problem
@@ -63,6 +63,7 @@ class TokenCache:
 
 
 TOKENS = web.AppKey("tokens", TokenCache)
+BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 
 
 @web.middleware
@@ -223,6 +224,49 @@ async def refresh_classification(request: web.Request) -> web.Response:
         request.query.get("flow", "actes")))
 
 
+async def _body(request: web.Request, model: type[BaseModelT]) -> BaseModelT:
+    try:
+        return model.model_validate(await request.json())
+    except json.JSONDecodeError as exc:
+        raise ServiceError(400, f"body is not JSON: {exc.msg}") from exc
+    except ValidationError as exc:
+        problems = [Problem(".".join(str(p) for p in e["loc"]) or "body", e["msg"])
+                    for e in exc.errors()]
+        raise ServiceError(422, "invalid request body", problems) from exc
+
+
+async def list_entities(request: web.Request) -> web.Response:
+    return web.json_response(await entities.list_entities(
+        _rt(request), _who(request), _int(request, "limit", 100), request.query.get("cursor")))
+
+
+async def create_entity(request: web.Request) -> web.Response:
+    body = await _body(request, models.EntityIn)
+    return web.json_response(await entities.create_entity(
+        _rt(request), _who(request), body.siren, body.name, body.connectors), status=201)
+
+
+async def get_entity(request: web.Request) -> web.Response:
+    return web.json_response(await entities.get_entity(
+        _rt(request), _who(request), request.match_info["siren"]))
+
+
+async def update_entity(request: web.Request) -> web.Response:
+    body = await _body(request, models.EntityPatch)
+    return web.json_response(await entities.update_entity(
+        _rt(request), _who(request), request.match_info["siren"], body.name, body.connectors))
+
+
+async def delete_entity(request: web.Request) -> web.Response:
+    await entities.delete_entity(_rt(request), _who(request), request.match_info["siren"])
+    return web.Response(status=204)
+
+
+async def check_connector(request: web.Request) -> web.Response:
+    return web.json_response(await entities.check_connector(
+        _rt(request), _who(request), request.match_info["siren"], request.match_info["name"]))
+
+
 async def parking(request: web.Request) -> web.Response:
     q = request.query
     return web.json_response(await service.parking(
@@ -231,14 +275,7 @@ async def parking(request: web.Request) -> web.Response:
 
 
 async def replay(request: web.Request) -> web.Response:
-    try:
-        body = models.ReplayIn.model_validate(await request.json())
-    except json.JSONDecodeError as exc:
-        return error_response(400, f"body is not JSON: {exc.msg}")
-    except ValidationError as exc:
-        problems = [Problem(".".join(str(p) for p in e["loc"]) or "body", e["msg"])
-                    for e in exc.errors()]
-        return error_response(422, "invalid replay request", problems)
+    body = await _body(request, models.ReplayIn)
     ids = [*body.ids, *([body.id] if body.id else [])]
     return web.json_response(await service.replay(
         _rt(request), _who(request), ids=ids, entity=body.entity, flow=body.flow,
@@ -296,6 +333,12 @@ def build_app(runtime: Runtime) -> web.Application:
         web.post("/api/v1/documents/{id}/retry", retry),
         web.post("/api/v1/documents/{id}/cancel", cancel),
         web.post("/api/v1/documents/{id}/actions/{action}", action),
+        web.get("/api/v1/entities", list_entities),
+        web.post("/api/v1/entities", create_entity),
+        web.get("/api/v1/entities/{siren}", get_entity),
+        web.patch("/api/v1/entities/{siren}", update_entity),
+        web.delete("/api/v1/entities/{siren}", delete_entity),
+        web.post("/api/v1/entities/{siren}/connectors/{name}/check", check_connector),
         web.get("/api/v1/entities/{siren}/classification", get_classification),
         web.post("/api/v1/entities/{siren}/classification", refresh_classification),
         web.get("/api/v1/parking", parking),

@@ -82,3 +82,40 @@ class SubmitForm(BaseModel):
     flow: str
     entity: str = Field(description="SIREN of the authority (optional with an entity token)")
     metadata: str = Field("{}", description="a JSON object")
+
+
+class EntityIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    siren: str = Field(description="9 digits, with a valid check digit")
+    name: str = Field(min_length=1, max_length=255)
+    connectors: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="settings by settings key (depot, parapheur, tdt, "
+        "sae…); secrets may be given as <name>_file or <name>_env")
+
+
+class EntityPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, min_length=1, max_length=255)
+    connectors: dict[str, dict[str, Any] | None] | None = Field(
+        None, description="merged into the stored settings: a table field by field (a secret "
+        "left out is kept), null removes a connector's settings or one field")
+
+
+class EntityOut(BaseModel):
+    siren: str
+    name: str
+    created_at: str
+    connectors: dict[str, dict[str, Any]] = Field(
+        description="every setting with its value or default; secrets masked as ********")
+
+
+class EntityPage(BaseModel):
+    items: list[EntityOut]
+    next_cursor: str | None
+
+
+class CheckOut(BaseModel):
+    connector: str
+    entity: str
+    ok: bool = Field(description="whether the peer answered as expected")
+    detail: str = Field(description="what the peer answered, or why the check failed")

@@ -10,7 +10,8 @@ from pydantic.json_schema import models_json_schema
 from broker.api import models as m
 
 _MODELS: list[type[BaseModel]] = [m.ErrorOut, m.DocumentOut, m.DocumentPage, m.JournalEntryOut,
-                                  m.ReplayIn, m.ReplayOut, m.SubmitForm]
+                                  m.ReplayIn, m.ReplayOut, m.SubmitForm, m.EntityIn,
+                                  m.EntityPatch, m.EntityOut, m.EntityPage, m.CheckOut]
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -27,6 +28,10 @@ _ERRORS = {str(code): _json(m.ErrorOut, text) for code, text in (
     (404, "not found (or not visible to this token)"))}
 
 
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
+
+
 def _param(name: str, where: str = "query", required: bool = False) -> dict[str, Any]:
     return {"name": name, "in": where, "required": required or where == "path",
             "schema": {"type": "string"}}
@@ -36,6 +41,7 @@ def build() -> dict[str, Any]:
     _, defs = models_json_schema([(model, "validation") for model in _MODELS],
                                  ref_template="#/components/schemas/{model}")
     doc_id = _param("id", "path")
+    siren = _param("siren", "path")
     return {
         "openapi": "3.1.0",
         "info": {"title": "demat-broker", "version": "1"},
@@ -91,6 +97,33 @@ def build() -> dict[str, Any]:
                 "parameters": [doc_id, _param("action", "path")],
                 "responses": {"200": _json(m.DocumentOut), **_ERRORS,
                               "409": _json(m.ErrorOut, "not possible in this state")}}},
+            "/api/v1/entities": {
+                "get": {"summary": "Entities (operators only), by SIREN, with cursor paging",
+                        "parameters": [_param("limit"), _param("cursor")],
+                        "responses": {"200": _json(m.EntityPage), **_ERRORS}},
+                "post": {"summary": "Add an entity; its connector settings are checked first",
+                         "requestBody": _body(m.EntityIn),
+                         "responses": {"201": _json(m.EntityOut, "created"), **_ERRORS,
+                                       "409": _json(m.ErrorOut, "exists already"),
+                                       "422": _json(m.ErrorOut, "invalid settings, each "
+                                                    "named connectors.<key>.<field>")}}},
+            "/api/v1/entities/{siren}": {
+                "get": {"summary": "One entity, secrets masked", "parameters": [siren],
+                        "responses": {"200": _json(m.EntityOut), **_ERRORS}},
+                "patch": {"summary": "Change its name or settings (merged; secrets write-only)",
+                          "parameters": [siren], "requestBody": _body(m.EntityPatch),
+                          "responses": {"200": _json(m.EntityOut), **_ERRORS,
+                                        "422": _json(m.ErrorOut, "invalid settings, named")}},
+                "delete": {"summary": "Remove it and revoke its tokens (refused while it has "
+                                      "documents not ended)", "parameters": [siren],
+                           "responses": {"204": {"description": "removed"}, **_ERRORS,
+                                         "409": _json(m.ErrorOut, "documents not ended")}}},
+            "/api/v1/entities/{siren}/connectors/{name}/check": {"post": {
+                "summary": "Ask the connector's peer a harmless question with these settings "
+                           "(an OPTIONS, a listing, a ping)",
+                "parameters": [siren, _param("name", "path")],
+                "responses": {"200": _json(m.CheckOut), **_ERRORS,
+                              "422": _json(m.ErrorOut, "no settings for it")}}},
             "/api/v1/entities/{siren}/classification": {
                 "get": {"summary": "The entity's current classification (ACTES: from 7-2)",
                         "parameters": [_param("siren", "path"), _param("flow")],

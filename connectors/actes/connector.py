@@ -214,6 +214,13 @@ class TdtActesConnector:
     ) -> None:
         await courriers.acknowledge(config, http, key)
 
+    async def check(self, config: Mapping[str, Any], entity: str,
+                    http: aiohttp.ClientSession) -> str:
+        """The TdT takes the certificate and answers a listing of the authority's acts."""
+        client = TdtClient(http, tdt_settings(config, entity))
+        listed = await client.list_transactions(4, limit=1)
+        return f"{client.what} answered the listing of acknowledged acts ({len(listed)} shown)"
+
     async def fetch_classification(
         self, config: Mapping[str, Any], http: aiohttp.ClientSession
     ) -> tuple[str, dict[str, Any]]:

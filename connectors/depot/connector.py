@@ -8,18 +8,23 @@ The entity's ``connectors.depot`` configuration picks the way:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from connectors.base import (
     Done,
     Outcome,
     PermanentError,
     StepContext,
+    TransientError,
     secret_of,
     settings_of,
+    transient_from,
 )
 from connectors.depot.client import DepotClient
 from connectors.depot.folder import deliver_to_folder
@@ -63,6 +68,28 @@ def manifest(ctx: StepContext) -> dict[str, Any]:
     }
 
 
+async def check_target(target: HttpTarget | FolderTarget, http: aiohttp.ClientSession) -> str:
+    """Reach the inbox without sending anything (OPTIONS), or look at the folder."""
+    if isinstance(target, FolderTarget):
+        if not target.path.is_dir():
+            raise PermanentError(f"folder {target.path} does not exist")
+        if not os.access(target.path, os.W_OK | os.X_OK):
+            raise PermanentError(f"folder {target.path} is not writable by the broker")
+        return f"folder {target.path} exists and is writable"
+    headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
+    try:
+        async with http.options(target.url, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=target.timeout)) as resp:
+            status = resp.status
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise transient_from(exc, f"inbox {target.url}") from exc
+    if status in (401, 403):
+        raise PermanentError(f"inbox {target.url} refused the credentials (HTTP {status})")
+    if status >= 500:
+        raise TransientError(f"inbox {target.url} answered HTTP {status}")
+    return f"inbox {target.url} answered HTTP {status}"
+
+
 class DepotConnector:
     """Delivers the files with role ``document`` and the metadata, once."""
 
@@ -71,6 +98,10 @@ class DepotConnector:
     settings_key = "depot"
     settings = DepotSettings
     serves = frozenset({("depot", "deliver")})
+
+    async def check(self, config: Mapping[str, Any], entity: str,
+                    http: aiohttp.ClientSession) -> str:
+        return await check_target(depot_target(config, entity), http)
 
     async def run(self, ctx: StepContext) -> Outcome:
         if ctx.step not in self.steps:

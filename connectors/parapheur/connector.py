@@ -25,6 +25,8 @@ from datetime import date, timedelta
 from pathlib import PurePath
 from typing import Any
 
+import aiohttp
+
 from connectors.base import (
     Done,
     FileView,
@@ -106,6 +108,24 @@ class ParapheurConnector:
     settings_key = "parapheur"
     settings = ParapheurSettings
     serves = frozenset({("actes", "sign")})
+
+    async def check(self, config: Mapping[str, Any], entity: str,
+                    http: aiohttp.ClientSession) -> str:
+        """The circuit the settings name exists: GetListeTypes, then GetListeSousTypes."""
+        settings = parapheur_settings(config, entity)
+        client = ParapheurClient(http, settings.url, settings.login,
+                                 secret_of(settings, "password", entity, "parapheur"),
+                                 settings.timeout)
+        types = await client.get_liste_types()
+        if settings.type not in types:
+            raise PermanentError(f"the parapheur has no type {settings.type!r} "
+                                 f"(types: {', '.join(types) or 'none'})")
+        sous_types = await client.get_liste_sous_types(settings.type)
+        if settings.sous_type not in sous_types:
+            raise PermanentError(f"type {settings.type!r} has no sous-type "
+                                 f"{settings.sous_type!r} (sous-types: "
+                                 f"{', '.join(sous_types) or 'none'})")
+        return f"type {settings.type!r} and sous-type {settings.sous_type!r} found"
 
     def __init__(self, today: Callable[[], date] = date.today) -> None:
         self._today = today

@@ -116,6 +116,20 @@ class AsalaeClient:
             await error_for_status(resp, what)
             return await _json_object(resp, what)
 
+    async def ping(self) -> dict[str, Any]:
+        """``GET /ping`` with the account's credentials: the service is up and takes them."""
+
+        async def call() -> dict[str, Any]:
+            async with self.http.get(
+                f"{self.url}/ping",
+                headers={"Accept": "application/json", "Authorization": self.authorization},
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as resp:
+                await error_for_status(resp, f"{self.what} ping")
+                return await _json_object(resp, f"{self.what} ping")
+
+        return await self._guard(call)
+
     async def send(self, bordereau: Path, archive: Path) -> dict[str, Any]:
         """One multipart POST of the bordereau and the archive, streamed from disk."""
         what = f"{self.what}: POST /sedaMessages"

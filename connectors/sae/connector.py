@@ -25,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+import aiohttp
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from broker.entity_settings import HttpUrl, problems_of
@@ -176,6 +177,14 @@ class SaeConnector:
     settings_key = "sae"
     settings = SaeConfig
     serves = frozenset({("actes", "archive")})
+
+    async def check(self, config: Mapping[str, Any], entity: str,
+                    http: aiohttp.ClientSession) -> str:
+        cfg = sae_config(config, entity)
+        password = secret_of(cfg, "password", entity, "sae") or ""
+        client = AsalaeClient(http, cfg.url.rstrip("/"), cfg.login, password, cfg.timeout)
+        answer = await client.ping()
+        return f"{client.what} answered the ping with the account {cfg.login!r}: {answer}"
 
     async def run(self, ctx: StepContext) -> Outcome:
         if ctx.step not in self.steps:

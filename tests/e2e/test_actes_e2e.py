@@ -34,11 +34,10 @@ import aiohttp
 import asyncpg
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from click.testing import CliRunner
 
 from broker import registry
-from broker.api.app import build_app
 from broker.cli import main as demat_cli
 from broker.flows.actes import SIGNATURE_POLLS
 from broker.runtime import Runtime
@@ -47,6 +46,7 @@ from broker.store import classifications
 from broker.store.db import make_engine
 from broker.store.migrate import upgrade
 from broker.wiring import catalog
+from tests.api_client import served as api_served
 from tests.e2e.actes_stack import (
     ENTITY,
     SHORT_SETTINGS,
@@ -688,13 +688,8 @@ async def intaker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Int
             json.loads(current.to_json()),
             time.time(),
         )
-    client = TestClient(TestServer(build_app(rt)))
-    await client.start_server()
-    try:
+    async with api_served(rt) as client:
         yield Intaker(client, rt, token)
-    finally:
-        await client.close()
-        await rt.close()
 
 
 PDF = act_pdf("X")

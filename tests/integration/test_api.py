@@ -20,6 +20,7 @@ from broker.api.app import build_app
 from broker.runtime import Runtime
 from broker.settings import Settings
 from broker.wiring import catalog
+from tests.api_client import served
 
 ENTITY = "214000150"
 OTHER = "200000008"
@@ -61,13 +62,8 @@ async def api(tmp_path: Path) -> AsyncIterator[Client]:
         tokens = {"operator": await registry.create_token(conn, registry.OPERATOR),
                   "entity": await registry.create_token(conn, registry.ENTITY, ENTITY),
                   "other": await registry.create_token(conn, registry.ENTITY, OTHER)}
-    client = TestClient(TestServer(build_app(rt)))
-    await client.start_server()
-    try:
+    async with served(rt) as client:
         yield Client(client, rt, tokens)
-    finally:
-        await client.close()
-        await rt.close()
 
 
 async def nothing_stored(api: Client) -> None:
