@@ -25,15 +25,18 @@ from broker import journal
 from broker.metrics import JOBS_PUBLISHED, JOBS_RECOVERED
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
+from broker.store import events as stored_events
 from broker.store import recovery
 from broker.store.db import padded
-from broker.store.schema import events, jobs, workers
+from broker.store.schema import jobs, workers
 from broker.transport.base import Consumer, Delivery, Message
 from broker.worker import job_message_body
 
 log = structlog.get_logger("demat.relay")
 
 SWEEP_EVERY = 1.0
+# Published events beyond the recent history are forgotten this often.
+PRUNE_EVERY = 60.0
 # A tick that failed for another reason than a store outage is tried again after
 # this, doubling up to the cap: an error must not turn into a hot loop.
 BACKOFF_FIRST, BACKOFF_MAX = 0.25, 5.0
@@ -47,9 +50,6 @@ _DUE_JOBS = sa.select(jobs.c.id, jobs.c.connector).where(
 ).order_by(jobs.c.due_at).limit(sa.bindparam("limit")).with_for_update(skip_locked=True)
 _PUBLISHED = jobs.update().where(jobs.c.id.in_(sa.bindparam("ids", expanding=True))).values(
     state="published", published_at=sa.bindparam("now"))
-_PENDING_EVENTS = sa.select(events).order_by(events.c.id).limit(
-    sa.bindparam("limit")).with_for_update(skip_locked=True)
-_SENT_EVENTS = events.delete().where(events.c.id.in_(sa.bindparam("ids", expanding=True)))
 
 
 class Relay:
@@ -58,6 +58,7 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._parking: Consumer | None = None
         self._last_sweep = 0.0
+        self._last_prune = 0.0
 
     async def start(self) -> None:
         if self.rt.embedded:
@@ -140,6 +141,9 @@ class Relay:
                     jobs.c.state == "published", jobs.c.published_at < t - REPUBLISH_AFTER,
                 ).values(state="scheduled", due_at=t))
             await conn.execute(workers.delete().where(workers.c.seen_at < t - 3600))
+            if t - self._last_prune >= PRUNE_EVERY:
+                self._last_prune = t
+                await stored_events.prune(conn, t)
         recovered = taken.requeued + taken.parked
         if recovered:
             JOBS_RECOVERED.inc(recovered)
@@ -164,13 +168,11 @@ class Relay:
 
     async def publish_events(self) -> int:
         async with self.rt.db.begin() as conn:
-            rows = (await conn.execute(
-                _PENDING_EVENTS, {"limit": self.rt.settings.relay_batch})).all()
+            rows = await stored_events.pending(conn, self.rt.settings.relay_batch)
             # Confirms awaited together: one round trip for the batch, not one per event.
             await asyncio.gather(*(self.rt.transport.publish_event(
                 row.routing_key, json.dumps(row.payload).encode()) for row in rows))
-            if rows:
-                await conn.execute(_SENT_EVENTS, {"ids": padded(r.id for r in rows)})
+            await stored_events.mark_published(conn, [r.id for r in rows], now())
         return len(rows)
 
     async def _on_parked(self, delivery: Delivery) -> None:

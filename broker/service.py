@@ -34,6 +34,7 @@ from broker.registry import Principal
 from broker.runtime import Runtime, now
 from broker.store import classifications
 from broker.store import documents as docs
+from broker.store import events as stored_events
 from broker.store.documents import StoredFile
 from broker.store.schema import documents, jobs
 
@@ -443,6 +444,25 @@ def _parked_query(entity: str | None, flow: str | None, step: str | None,
     if error:
         query = query.where(documents.c.last_error.contains(error, autoescape=True))
     return query
+
+
+def _event_view(row: Any) -> dict[str, Any]:
+    payload = row.payload
+    return {"id": row.id, "at": eng.iso(row.created_at), "routing_key": row.routing_key,
+            "published": row.published_at is not None, "document": payload.get("id"),
+            **{k: payload.get(k) for k in ("flow", "entity", "state", "step")}}
+
+
+async def recent_events(rt: Runtime, who: Principal, *, after: int = 0, limit: int = 100,
+                        entity: str | None = None, flow: str | None = None) -> dict[str, Any]:
+    """State events after ``after`` (oldest first): what a page opened late catches up with."""
+    if not who.is_operator:
+        entity = who.entity
+    async with rt.db.connect() as conn:
+        rows = await stored_events.recent(conn, after=after, limit=max(1, min(limit, MAX_PAGE)),
+                                          entity=entity, flow=flow)
+    return {"items": [_event_view(r) for r in rows],
+            "last_id": rows[-1].id if rows else after}
 
 
 async def parking(rt: Runtime, who: Principal, *, entity: str | None = None,

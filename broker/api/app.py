@@ -267,6 +267,13 @@ async def check_connector(request: web.Request) -> web.Response:
         _rt(request), _who(request), request.match_info["siren"], request.match_info["name"]))
 
 
+async def recent_events(request: web.Request) -> web.Response:
+    q = request.query
+    return web.json_response(await service.recent_events(
+        _rt(request), _who(request), after=_int(request, "after", 0),
+        limit=_int(request, "limit", 100), entity=q.get("entity"), flow=q.get("flow")))
+
+
 async def parking(request: web.Request) -> web.Response:
     q = request.query
     return web.json_response(await service.parking(
@@ -341,6 +348,7 @@ def build_app(runtime: Runtime) -> web.Application:
         web.post("/api/v1/entities/{siren}/connectors/{name}/check", check_connector),
         web.get("/api/v1/entities/{siren}/classification", get_classification),
         web.post("/api/v1/entities/{siren}/classification", refresh_classification),
+        web.get("/api/v1/events", recent_events),
         web.get("/api/v1/parking", parking),
         web.post("/api/v1/parking/replay", replay),
         web.get("/api/v1/openapi.json", openapi_json),

@@ -133,6 +133,12 @@ def build() -> dict[str, Any]:
                          "parameters": [_param("siren", "path"), _param("flow")],
                          "responses": {"200": {"description": "version date and codes"},
                                        **_ERRORS, "502": _json(m.ErrorOut, "peer failed")}}},
+            "/api/v1/events": {"get": {
+                "summary": "Recent state events after an id, oldest first (a bounded history, "
+                           "for a page opened late to catch up; live ones go to the events "
+                           "exchange)",
+                "parameters": [_param(p) for p in ("after", "limit", "entity", "flow")],
+                "responses": {"200": {"description": "items and last_id"}, **_ERRORS}}},
             "/api/v1/parking": {"get": {
                 "summary": "Failed documents parked with their last error",
                 "parameters": [_param(p) for p in ("entity", "flow", "limit", "cursor")],

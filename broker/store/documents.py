@@ -140,7 +140,7 @@ async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWr
         job_ids.append(job_id)
         if transition.event:
             new_events.append({
-                "routing_key": transition.event, "created_at": now,
+                "routing_key": transition.event, "created_at": now, "entity": w.entity,
                 "payload": {"id": doc.id, "flow": doc.flow, "entity": w.entity,
                             "state": transition.state, "step": transition.step}})
         entries += transition.journal

@@ -105,7 +105,8 @@ jobs = sa.Table(
     sa.Index("ix_jobs_document", "document_id"),
 )
 
-# State events waiting for the relay to publish them on the events exchange.
+# State events: written with the change, published by the relay on the events exchange,
+# then kept a while (bounded) so a page opened late can catch up.
 events = sa.Table(
     "events",
     metadata,
@@ -113,6 +114,10 @@ events = sa.Table(
     sa.Column("routing_key", sa.String(128), nullable=False),
     sa.Column("payload", JSON, nullable=False),
     sa.Column("created_at", TIME, nullable=False),
+    sa.Column("entity", sa.String(9), nullable=True),
+    # None until the relay has published it.
+    sa.Column("published_at", TIME, nullable=True),
+    sa.Index("ix_events_published", "published_at", "id"),
 )
 
 BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")

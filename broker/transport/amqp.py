@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -36,6 +37,7 @@ from broker.transport.base import (
     PARKED_REASON,
     Consumer,
     Delivery,
+    EventHandler,
     Handler,
     Message,
     QueueNames,
@@ -80,6 +82,7 @@ class AmqpTransport(QueueNames):
         # Strong references: robust objects only weakly held are not restored (aio-pika #536).
         self._keep: list[AbstractRobustExchange | AbstractRobustQueue] = []
         self._consumers: set[_AmqpConsumer] = set()
+        self._subscriptions: set[_EventSubscription] = set()
 
     async def start(self) -> None:
         with _translated("cannot connect to RabbitMQ"):
@@ -105,6 +108,8 @@ class AmqpTransport(QueueNames):
     async def close(self) -> None:
         for consumer in list(self._consumers):
             await consumer.cancel()
+        for subscription in list(self._subscriptions):
+            await subscription.cancel()
         connection, self._connection = self._connection, None
         self._channel = self._events = None
         self._keep.clear()
@@ -162,6 +167,24 @@ class AmqpTransport(QueueNames):
             # Not mandatory: an event nobody listens to is not an error.
             async with asyncio.timeout(self._timeout):
                 await self._events.publish(event, routing_key, mandatory=False)
+
+    async def subscribe(self, pattern: str, handler: EventHandler) -> Consumer:
+        if self._connection is None or self._events is None:
+            raise TransportError("amqp transport is not started")
+        # A queue of this subscriber's own, gone with its connection. Named here, not by the
+        # server: a robust channel declares it again under the same name after a reconnect.
+        name = f"{self.events_exchange}.{uuid.uuid4().hex}"
+        with _translated(f"cannot subscribe to {pattern!r}"):
+            channel = await self._connection.channel()
+            await channel.set_qos(prefetch_count=100)
+            queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+            await queue.bind(self.events_exchange, routing_key=pattern)
+        subscription = _EventSubscription(channel, queue, handler, self._timeout,
+                                          self._subscriptions.discard)
+        with _translated(f"cannot subscribe to {pattern!r}"):
+            await subscription.start()
+        self._subscriptions.add(subscription)
+        return subscription
 
     async def consume(self, queue: str, handler: Handler, prefetch: int = 10) -> Consumer:
         if prefetch < 1:
@@ -282,6 +305,40 @@ class _AmqpConsumer:
                 await operation
         except _FAILURES as exc:
             log.info("ignored on a lost channel: %r", exc)
+
+
+class _EventSubscription:
+    """State events matching one pattern, handled one at a time in order, at most once."""
+
+    def __init__(
+        self,
+        channel: AbstractRobustChannel,
+        queue: AbstractRobustQueue,
+        handler: EventHandler,
+        timeout: float,
+        forget: Callable[[_EventSubscription], None],
+    ) -> None:
+        self._channel, self._queue, self._handler = channel, queue, handler
+        self._timeout, self._forget = timeout, forget
+        self._tag: str | None = None
+        self._order = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._tag = await self._queue.consume(self._on_event, no_ack=True)
+
+    async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        async with self._order:
+            try:
+                await self._handler(message.routing_key or "", message.body)
+            except Exception:
+                log.warning("event handler failed on %s", message.routing_key, exc_info=True)
+
+    async def cancel(self) -> None:
+        self._forget(self)
+        with contextlib.suppress(*_FAILURES):
+            if self._tag is not None and not self._channel.is_closed:
+                await asyncio.wait_for(self._queue.cancel(self._tag), self._timeout)
+            await asyncio.wait_for(self._channel.close(), self._timeout)
 
 
 def _delivery(message: AbstractIncomingMessage, queue: str) -> Delivery:

@@ -11,7 +11,11 @@ adapter must keep:
   ``redelivered`` set and ``delivery_count`` increased;
 * a message delivered more than ``delivery_limit`` times is dead-lettered to
   the parking queue (``<prefix>.parking``) instead of being delivered again,
-  with the headers ``parked_from`` (the work queue) and ``parked_reason``.
+  with the headers ``parked_from`` (the work queue) and ``parked_reason``;
+* a state event published once a subscription exists reaches its handler when
+  its routing key matches the subscription's topic pattern (``*`` one word,
+  ``#`` any number), in publishing order; events are at most once here (a
+  subscriber that was away catches up from the store's recent events).
 """
 
 from __future__ import annotations
@@ -61,6 +65,21 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+# A state event: (routing key, body).
+EventHandler = Callable[[str, bytes], Awaitable[None]]
+
+
+def topic_matches(pattern: str, key: str) -> bool:
+    """AMQP topic matching: words split on dots, ``*`` is one word, ``#`` zero or more."""
+
+    def match(p: list[str], k: list[str]) -> bool:
+        if not p:
+            return not k
+        if p[0] == "#":
+            return any(match(p[1:], k[i:]) for i in range(len(k) + 1))
+        return bool(k) and p[0] in ("*", k[0]) and match(p[1:], k[1:])
+
+    return match(pattern.split("."), key.split("."))
 
 
 class Consumer(Protocol):
@@ -99,6 +118,9 @@ class Transport(Protocol):
 
     async def publish_event(self, routing_key: str, body: bytes) -> None:
         """Publish a state event to the topic exchange (dropped if nobody listens)."""
+
+    async def subscribe(self, pattern: str, handler: EventHandler) -> Consumer:
+        """Run ``handler(routing_key, body)`` for each state event matching ``pattern``."""
 
     async def consume(self, queue: str, handler: Handler, prefetch: int = 10) -> Consumer:
         """Run ``handler`` for each delivery, at most ``prefetch`` at a time.

@@ -20,11 +20,13 @@ from broker.transport.base import (
     REASON_DELIVERY_LIMIT,
     Consumer,
     Delivery,
+    EventHandler,
     Handler,
     Message,
     QueueNames,
     TransportError,
     Unroutable,
+    topic_matches,
 )
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class EmbeddedTransport(QueueNames):
         self.delivery_limit = delivery_limit
         self._queues: dict[str, asyncio.Queue[_Entry]] = {}
         self._consumers: set[_EmbeddedConsumer] = set()
+        self._subscriptions: set[_Subscription] = set()
         self._open = False
 
     async def start(self) -> None:
@@ -56,6 +59,8 @@ class EmbeddedTransport(QueueNames):
     async def close(self) -> None:
         for consumer in list(self._consumers):
             await consumer.cancel()
+        for subscription in list(self._subscriptions):
+            await subscription.cancel()
         self._open = False
 
     async def declare(self, queue: str) -> None:
@@ -70,8 +75,17 @@ class EmbeddedTransport(QueueNames):
             await self.publish(queue, message)
 
     async def publish_event(self, routing_key: str, body: bytes) -> None:
-        # Nobody binds to events in-process: like an exchange without queues, drop them.
+        # Like a topic exchange: to every matching subscription, dropped if there is none.
         self._check_open()
+        for subscription in self._subscriptions:
+            if topic_matches(subscription.pattern, routing_key):
+                subscription.put(routing_key, body)
+
+    async def subscribe(self, pattern: str, handler: EventHandler) -> Consumer:
+        self._check_open()
+        subscription = _Subscription(pattern, handler, self._subscriptions.discard)
+        self._subscriptions.add(subscription)
+        return subscription
 
     async def consume(self, queue: str, handler: Handler, prefetch: int = 10) -> Consumer:
         if prefetch < 1:
@@ -186,3 +200,39 @@ class _EmbeddedConsumer:
             delivery_count=entry.deliveries,
             headers=dict(message.headers),
         )
+
+
+class _Subscription:
+    """Events for one subscriber, handled in order by one task; a bounded backlog."""
+
+    BACKLOG = 10_000
+
+    def __init__(self, pattern: str, handler: EventHandler,
+                 forget: Callable[[_Subscription], None]) -> None:
+        self.pattern = pattern
+        self._handler = handler
+        self._forget = forget
+        self._events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(self.BACKLOG)
+        self._task = asyncio.create_task(self._run(), name=f"events {pattern}")
+
+    def put(self, routing_key: str, body: bytes) -> None:
+        try:
+            self._events.put_nowait((routing_key, body))
+        except asyncio.QueueFull:
+            # At most once, as on AMQP: the subscriber catches up from the store.
+            log.warning("event subscriber %s is behind; event %s dropped", self.pattern,
+                        routing_key)
+
+    async def cancel(self) -> None:
+        self._forget(self)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            routing_key, body = await self._events.get()
+            try:
+                await self._handler(routing_key, body)
+            except Exception:
+                log.warning("event handler for %s failed on %s", self.pattern, routing_key,
+                            exc_info=True)

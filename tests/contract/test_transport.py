@@ -19,6 +19,7 @@ from broker.transport import (
     make_transport,
 )
 from broker.transport.amqp import AmqpTransport
+from broker.transport.base import topic_matches
 from tests.contract.conftest import DELIVERY_LIMIT, WAIT, Depth, Recorder, TcpProxy, started
 
 
@@ -258,6 +259,59 @@ async def test_events_reach_queues_bound_by_topic(
         await event.ack()
         assert (event.routing_key, event.body) == ("depot.completed", b'{"id": "d-1"}')
         assert await listener.get(fail=False, timeout=WAIT) is None
+
+
+class Events:
+    def __init__(self) -> None:
+        self.got: list[tuple[str, bytes]] = []
+
+    async def handler(self, routing_key: str, body: bytes) -> None:
+        self.got.append((routing_key, body))
+
+    async def count(self, n: int) -> None:
+        async def enough() -> bool:
+            return len(self.got) >= n
+
+        await eventually(enough)
+
+
+async def test_subscribers_get_the_events_their_pattern_matches_in_order(
+    transport: Transport,
+) -> None:
+    depot, everything, signed = Events(), Events(), Events()
+    await transport.subscribe("depot.*", depot.handler)
+    await transport.subscribe("#", everything.handler)
+    await transport.subscribe("*.signed", signed.handler)
+    sent = [("depot.completed", b"1"), ("actes.failed", b"2"), ("parapheur.signed", b"3"),
+            ("depot.retrying", b"4"), ("depot.retrying.again", b"5")]
+    for key, body in sent:
+        await transport.publish_event(key, body)
+
+    await everything.count(len(sent))
+    await depot.count(2)
+    await signed.count(1)
+    await asyncio.sleep(0.2)  # a wrongly matched event would have arrived by now
+    assert everything.got == sent
+    assert depot.got == [("depot.completed", b"1"), ("depot.retrying", b"4")]
+    assert signed.got == [("parapheur.signed", b"3")]
+
+
+async def test_a_cancelled_subscription_gets_nothing_more(transport: Transport) -> None:
+    events = Events()
+    subscription = await transport.subscribe("#", events.handler)
+    await transport.publish_event("depot.completed", b"1")
+    await events.count(1)
+    await subscription.cancel()
+    await transport.publish_event("depot.completed", b"2")
+    await asyncio.sleep(0.2)
+    assert events.got == [("depot.completed", b"1")]
+
+
+def test_topic_patterns_match_as_on_rabbitmq() -> None:
+    assert topic_matches("#", "a.b") and topic_matches("a.#", "a") and topic_matches("a.#", "a.b.c")
+    assert topic_matches("*.b", "a.b") and not topic_matches("*.b", "a.b.c")
+    assert topic_matches("a.*.c", "a.x.c") and not topic_matches("a.*.c", "a.c")
+    assert topic_matches("#.c", "c") and not topic_matches("a.b", "a.b.c")
 
 
 async def test_ready_until_closed(transport: Transport) -> None:

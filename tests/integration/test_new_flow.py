@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,10 +17,11 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from broker import engine as eng
-from broker import registry
+from broker import registry, service
 from broker.catalog import Catalog
 from broker.connector import ConnectorSettings, Done, Outcome, Pending, StepContext
 from broker.flows.base import FileRule, Flow, Step
+from broker.registry import Principal
 from broker.relay import Relay
 from broker.runtime import Runtime, now
 from broker.settings import Settings
@@ -90,6 +92,15 @@ async def test_a_new_flow_and_connector_run_a_document_end_to_end(rt: Runtime) -
         await docs.insert_documents(conn, [docs.NewDocument(
             docs.TransitionWrite(doc, ENTITY, start),
             [docs.StoredFile("document", "a.txt", "text/plain", 3, "0" * 64)])], now())
+    seen: list[tuple[str, dict[str, object]]] = []
+    both = asyncio.Event()
+
+    async def subscriber(routing_key: str, body: bytes) -> None:
+        seen.append((routing_key, json.loads(body)))
+        if len(seen) >= 2:
+            both.set()
+
+    await rt.transport.subscribe("echoes.#", subscriber)
     relay, worker = Relay(rt), Worker(rt)
     await relay.start()
     await worker.start()
@@ -105,6 +116,18 @@ async def test_a_new_flow_and_connector_run_a_document_end_to_end(rt: Runtime) -
             await asyncio.sleep(0.05)
         assert row is not None and row.state == eng.COMPLETED, row
         assert row.metadata["echo"] == "bonjour !"
+        # State events reach subscribers on this transport, and stay readable afterwards.
+        await asyncio.wait_for(both.wait(), 10)
+        assert [(key, body["id"], body["state"]) for key, body in seen] == [
+            ("echoes.waiting", doc.id, "waiting"), ("echoes.completed", doc.id, "completed")]
+        operator = Principal("t", registry.OPERATOR, None)
+        other = Principal("t", registry.ENTITY, "200000008")
+        recent = await service.recent_events(rt, operator, flow="echoes")
+        assert [e["routing_key"] for e in recent["items"]] == ["echoes.waiting",
+                                                               "echoes.completed"]
+        assert (await service.recent_events(rt, other))["items"] == []
+        later = await service.recent_events(rt, operator, after=recent["items"][0]["id"])
+        assert [(e["document"], e["state"]) for e in later["items"]] == [(doc.id, "completed")]
     finally:
         await worker.stop()
         await relay.stop()
