@@ -130,7 +130,7 @@ def validate(flow: str, path: Path) -> None:
 @click.pass_context
 def demo(ctx: click.Context, host: str | None, port: int | None, documents: int) -> None:
     """Serve with simulators, a sample entity and sample documents; prints KEY=VALUE lines."""
-    from broker.demo import run_demo
+    from simulators.demo import run_demo
 
     settings = _settings(ctx)
     if port is None and "DEMAT_PORT" not in os.environ:

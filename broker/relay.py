@@ -17,7 +17,6 @@ import json
 from collections import defaultdict
 from contextlib import suppress
 
-import sqlalchemy as sa
 import structlog
 
 from broker import engine as eng
@@ -26,9 +25,9 @@ from broker.metrics import JOBS_PUBLISHED, JOBS_RECOVERED
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
 from broker.store import events as stored_events
+from broker.store import jobs as stored_jobs
 from broker.store import recovery
-from broker.store.db import padded
-from broker.store.schema import jobs, workers
+from broker.store import workers as stored_workers
 from broker.transport.base import Consumer, Delivery, Message
 from broker.worker import job_message_body
 
@@ -44,12 +43,6 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.25, 5.0
 REPUBLISH_AFTER = 300.0
 
 
-# The statements of every tick, built once (building and keying one costs as much as running it).
-_DUE_JOBS = sa.select(jobs.c.id, jobs.c.connector).where(
-    jobs.c.state == "scheduled", jobs.c.due_at <= sa.bindparam("now"),
-).order_by(jobs.c.due_at).limit(sa.bindparam("limit")).with_for_update(skip_locked=True)
-_PUBLISHED = jobs.update().where(jobs.c.id.in_(sa.bindparam("ids", expanding=True))).values(
-    state="published", published_at=sa.bindparam("now"))
 
 
 class Relay:
@@ -105,8 +98,7 @@ class Relay:
     async def publish_due(self) -> int:
         t = now()
         async with self.rt.db.begin() as conn:
-            rows = (await conn.execute(
-                _DUE_JOBS, {"now": t, "limit": self.rt.settings.relay_batch})).all()
+            rows = await stored_jobs.due(conn, t, self.rt.settings.relay_batch)
             if not rows:
                 return 0
             by_connector: dict[str, list[str]] = defaultdict(list)
@@ -117,7 +109,7 @@ class Relay:
                 await self.rt.transport.publish_many(
                     queue, [Message(job_message_body(i), i) for i in ids])
                 JOBS_PUBLISHED.labels(connector).inc(len(ids))
-            await conn.execute(_PUBLISHED, {"ids": padded(r.id for r in rows), "now": t})
+            await stored_jobs.mark_published(conn, (r.id for r in rows), t)
         return len(rows)
 
     async def sweep(self) -> int:
@@ -137,10 +129,8 @@ class Relay:
                     taken = await recovery.give_back(
                         conn, lost, t, crashed=True, crash_limit=self.rt.settings.crash_limit)
             if not self.rt.embedded:
-                await conn.execute(jobs.update().where(
-                    jobs.c.state == "published", jobs.c.published_at < t - REPUBLISH_AFTER,
-                ).values(state="scheduled", due_at=t))
-            await conn.execute(workers.delete().where(workers.c.seen_at < t - 3600))
+                await stored_jobs.republish_forgotten(conn, t, REPUBLISH_AFTER)
+            await stored_workers.forget_silent(conn, t)
             if t - self._last_prune >= PRUNE_EVERY:
                 self._last_prune = t
                 await stored_events.prune(conn, t)
@@ -160,11 +150,10 @@ class Relay:
             running = await recovery.all_running(conn, "the previous process died mid-step")
             await recovery.give_back(conn, running, t, crashed=True,
                                      crash_limit=self.rt.settings.crash_limit)
-            published = (await conn.execute(jobs.update().where(
-                jobs.c.state == "published").values(state="scheduled", due_at=t))).rowcount
+            published = await stored_jobs.reschedule_published(conn, t)
         if running or published:
             log.info("re-dispatching work left by the previous run",
-                     jobs=len(running) + (published or 0))
+                     jobs=len(running) + published)
 
     async def publish_events(self) -> int:
         async with self.rt.db.begin() as conn:
@@ -186,12 +175,11 @@ class Relay:
         async def park() -> None:
             t = now()
             async with self.rt.db.begin() as conn:
-                job = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
-                if job is None or job.state in ("done", "parked", "cancelled"):
+                job = await stored_jobs.get(conn, job_id)
+                if job is None or job.state in stored_jobs.ENDED:
                     return
                 current = await docs.lock_document(conn, job.document_id)
-                await conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                    state="parked", finished_at=t, last_error="delivery limit exceeded"))
+                await stored_jobs.park(conn, job_id, t, "delivery limit exceeded")
                 if current is None or current.state in eng.TERMINAL:
                     return
                 transition = eng.poisoned(docs.doc_of(current), docs.job_of(job),

@@ -36,6 +36,7 @@ from broker.store import classifications
 from broker.store import documents as docs
 from broker.store import events as stored_events
 from broker.store.documents import StoredFile
+from broker.store.jobs import JobState
 from broker.store.schema import documents, jobs
 
 MAX_PAGE = 500
@@ -479,7 +480,8 @@ async def parking(rt: Runtime, who: Principal, *, entity: str | None = None,
         page = rows[:limit]
         connectors = dict((await conn.execute(
             sa.select(jobs.c.document_id, jobs.c.connector).where(
-                jobs.c.document_id.in_([r.id for r in page]), jobs.c.state == "parked"))).all())
+                jobs.c.document_id.in_([r.id for r in page]),
+                jobs.c.state == JobState.PARKED))).all())
     items = [{**_doc_view(r), "connector": connectors.get(r.id)} for r in page]
     return {"items": items, "next_cursor": page[-1].id if len(rows) > limit else None}
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import sqlalchemy as sa
 import structlog
 
 from broker import engine as eng
@@ -40,11 +39,12 @@ from broker.outcomes import Done, NewFile, Outcome, Rejected, StepError, Transie
 from broker.retry import AttemptRecord, InCallRetry
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
+from broker.store import jobs as stored_jobs
 from broker.store import recovery
-from broker.store.db import padded
+from broker.store import workers as stored_workers
 from broker.store.documents import StoredFile
+from broker.store.jobs import JobState
 from broker.store.outage import is_outage
-from broker.store.schema import documents, entities, files, jobs, workers
 from broker.transport.base import Consumer, Delivery
 
 log = structlog.get_logger("demat.worker")
@@ -110,9 +110,8 @@ class Worker:
 
         async def register() -> None:
             async with self.rt.db.begin() as conn:
-                await conn.execute(workers.insert().values(
-                    id=self.id, host=socket.gethostname(), pid=os.getpid(),
-                    connectors=self.names, started_at=t, seen_at=t))
+                await stored_workers.register(conn, self.id, socket.gethostname(), os.getpid(),
+                                              self.names, t)
 
         await self.rt.gate.run(register, "registering the worker")
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
@@ -145,7 +144,7 @@ class Worker:
             await self._http.close()
         with suppress(Exception):
             async with self.rt.db.begin() as conn:
-                await conn.execute(workers.delete().where(workers.c.id == self.id))
+                await stored_workers.forget(conn, self.id)
         shutil.rmtree(self._workroot, ignore_errors=True)
 
     async def _release(self) -> None:
@@ -163,8 +162,7 @@ class Worker:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             try:
                 async with self.rt.db.begin() as conn:
-                    await conn.execute(workers.update().where(workers.c.id == self.id)
-                                       .values(seen_at=now()))
+                    await stored_workers.beat(conn, self.id, now())
             except Exception as exc:  # keep beating; the store may come back
                 if is_outage(exc):
                     self.rt.gate.down(exc, "heartbeat")
@@ -206,28 +204,10 @@ class Worker:
         return await self.rt.gate.run(lambda: self._claim_with(job_ids, token), "claiming jobs")
 
     async def _claim_with(self, job_ids: list[str], token: str) -> list[Claim | None]:
-        t = now()
-        lease = self.rt.settings.seconds("lease")
         async with self.rt.db.begin() as conn:
-            job_rows = {row.id: row for row in await conn.execute(_CLAIM_JOBS, {
-                "ids": padded(sorted(set(job_ids))), "now": t, "worker": self.id,
-                "token": token, "until": t + lease})}
-            if not job_rows:
-                return [None] * len(job_ids)
-            # Mark the documents running and read them back in one statement.
-            doc_rows = {row.id: row for row in await conn.execute(
-                _RUN_DOCUMENTS, {"token": token, "now": t})}
-            ended = [j.id for j in job_rows.values() if j.document_id not in doc_rows]
-            if ended:
-                await conn.execute(jobs.update().where(jobs.c.id.in_(padded(ended))).values(
-                    state="cancelled", finished_at=t, last_error="document no longer active"))
-            if not doc_rows:
-                return [None] * len(job_ids)
-            file_rows: dict[str, list[Any]] = {}
-            for f in await conn.execute(_FILES_OF, {"ids": padded(doc_rows)}):
-                file_rows.setdefault(f.document_id, []).append(f)
-            configs = {row.siren: row.connectors for row in await conn.execute(
-                _CONFIGS, {"sirens": padded({d.entity for d in doc_rows.values()})})}
+            taken = await stored_jobs.claim(conn, job_ids, self.id, token, now(),
+                                            self.rt.settings.seconds("lease"))
+        job_rows, doc_rows = dict(taken.jobs), taken.documents
         claims: list[Claim | None] = []
         for job_id in job_ids:
             job = job_rows.pop(job_id, None)  # a job listed twice is claimed once
@@ -237,8 +217,8 @@ class Worker:
                 continue
             # Settings are kept under the connector's settings key (one per peer account).
             key = self.rt.connectors[job.connector].settings_key
-            config = configs.get(doc.entity, {}).get(key, {})
-            claims.append(Claim(job, doc, file_rows.get(doc.id, []), config, token))
+            config = taken.settings.get(doc.entity, {}).get(key, {})
+            claims.append(Claim(job, doc, taken.files.get(doc.id, []), config, token))
         return claims
 
     def _context(self, claim: Claim, attempts: list[AttemptRecord],
@@ -333,12 +313,10 @@ class Worker:
     async def _commit_with(self, done: list[Finished]) -> list[None]:
         t = now()
         async with self.rt.db.begin() as conn:
-            rows = {row.id: row for row in await conn.execute(
-                _LOCK_DOCUMENTS, {"ids": padded(sorted({f.claim.doc.id for f in done}))})}
+            rows = await stored_jobs.lock_documents(conn, (f.claim.doc.id for f in done))
             current = {doc_id: docs.doc_of(row) for doc_id, row in rows.items()}
-            fenced = set((await conn.execute(_FENCE_JOBS, {
-                "claims": padded((f.claim.job.id, f.claim.token) for f in done), "now": t,
-            })).scalars())
+            fenced = await stored_jobs.fence(
+                conn, ((f.claim.job.id, f.claim.token) for f in done), t)
             writes: list[docs.TransitionWrite] = []
             job_updates: list[dict[str, Any]] = []
             for f in done:
@@ -348,14 +326,14 @@ class Worker:
                     continue
                 doc = current.get(job_row.document_id)
                 if doc is None or doc.state in eng.TERMINAL:
-                    job_updates.append({"_id": job_row.id, "state": "cancelled",
+                    job_updates.append({"_id": job_row.id, "state": JobState.CANCELLED,
                                         "last_error": "document ended meanwhile"})
                     continue
                 transition = eng.apply(self.rt.flows[doc.flow], doc, docs.job_of(job_row),
                                        f.result, t, self.rt.policies, f.attempts, self._rng)
                 if transition.park or transition.last_error:
-                    job_updates.append({"_id": job_row.id,
-                                        "state": "parked" if transition.park else "done",
+                    job_updates.append({"_id": job_row.id, "state": JobState.PARKED
+                                        if transition.park else JobState.DONE,
                                         "last_error": transition.last_error})
                 writes.append(docs.TransitionWrite(doc, rows[doc.id].entity, transition,
                                                    f.produced))
@@ -363,41 +341,8 @@ class Worker:
                 current[doc.id] = replace(
                     doc, state=transition.state, step=transition.step, run=transition.run,
                     metadata={**doc.metadata, **transition.metadata})
-            if job_updates:
-                await conn.execute(_UPDATE_JOB, job_updates)
+            await stored_jobs.set_outcomes(conn, job_updates)
             await docs.write_transitions(conn, writes, t)
         if any(w.transition.next_job and w.transition.next_job.due_at <= now() for w in writes):
             self.rt.notifier.notify()
         return [None] * len(done)
-
-
-# The statements of every claim and commit, built once: building and keying a statement
-# costs as much as running it.
-_CLAIM_JOBS = jobs.update().where(
-    jobs.c.id.in_(sa.bindparam("ids", expanding=True)),
-    sa.or_(jobs.c.state.in_(("published", "scheduled")),
-           sa.and_(jobs.c.state == "running",
-                   # Lease ran out, or this very claim, tried again after an outage.
-                   sa.or_(jobs.c.lease_until < sa.bindparam("now"),
-                          jobs.c.claim_token == sa.bindparam("token")))),
-).values(state="running", worker_id=sa.bindparam("worker"), claim_token=sa.bindparam("token"),
-         lease_until=sa.bindparam("until")).returning(*jobs.c)
-_RUN_DOCUMENTS = documents.update().where(
-    documents.c.id == jobs.c.document_id, jobs.c.claim_token == sa.bindparam("token"),
-    documents.c.state.not_in(eng.TERMINAL),
-).values(state=eng.RUNNING, step=jobs.c.step, run=jobs.c.run, next_due_at=None,
-         updated_at=sa.bindparam("now")).returning(*documents.c)
-_FILES_OF = sa.select(files).where(
-    files.c.document_id.in_(sa.bindparam("ids", expanding=True))).order_by(files.c.id)
-_CONFIGS = sa.select(entities.c.siren, entities.c.connectors).where(
-    entities.c.siren.in_(sa.bindparam("sirens", expanding=True)))
-# Documents first, in id order: the lock order of the API's cancel and retry.
-_LOCK_DOCUMENTS = sa.select(documents).where(
-    documents.c.id.in_(sa.bindparam("ids", expanding=True))
-).order_by(documents.c.id).with_for_update()
-# Each outcome applies only if its job still carries the token of its claim.
-_FENCE_JOBS = jobs.update().where(
-    sa.tuple_(jobs.c.id, jobs.c.claim_token).in_(sa.bindparam("claims", expanding=True)),
-    jobs.c.state == "running",
-).values(state="done", finished_at=sa.bindparam("now")).returning(jobs.c.id)
-_UPDATE_JOB = jobs.update().where(jobs.c.id == sa.bindparam("_id"))

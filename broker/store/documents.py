@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from broker import journal
 from broker.engine import CANCELLED, REJECTED, Doc, Job, Transition
 from broker.ids import new_id
+from broker.store.jobs import JobState
 from broker.store.schema import documents, events, files, jobs
 
 # A refused or cancelled act never reached the préfecture: its number is free again.
@@ -135,8 +136,8 @@ async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWr
             new_jobs.append({
                 "id": job_id, "document_id": doc.id, "connector": nxt.connector,
                 "step": nxt.step, "kind": nxt.kind, "run": nxt.run, "polls": nxt.polls,
-                "poll_deadline": nxt.poll_deadline, "state": "scheduled", "due_at": nxt.due_at,
-                "created_at": now})
+                "poll_deadline": nxt.poll_deadline, "state": JobState.SCHEDULED,
+                "due_at": nxt.due_at, "created_at": now})
         job_ids.append(job_id)
         if transition.event:
             new_events.append({
@@ -204,8 +205,8 @@ async def cancel_open_jobs(conn: AsyncConnection, document_id: str, now: float,
     """Close the document's scheduled/published jobs (a running one is fenced at commit)."""
     await conn.execute(jobs.update().where(
         jobs.c.document_id == document_id,
-        jobs.c.state.in_(("scheduled", "published"))).values(
-        state="cancelled", finished_at=now, last_error=why))
+        jobs.c.state.in_((JobState.SCHEDULED, JobState.PUBLISHED))).values(
+        state=JobState.CANCELLED, finished_at=now, last_error=why))
 
 
 async def set_ref(conn: AsyncConnection, document_id: str, key: str, value: str) -> None:

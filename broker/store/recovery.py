@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import engine as eng
 from broker.store import documents as docs
+from broker.store.jobs import JobState
 from broker.store.schema import jobs, workers
 
 log = structlog.get_logger("demat.recovery")
@@ -46,7 +47,7 @@ async def find_lost(conn: AsyncConnection, now: float, stale_before: float) -> l
     rows = (await conn.execute(sa.select(
         jobs.c.id, jobs.c.document_id, jobs.c.claim_token, jobs.c.worker_id, jobs.c.lease_until,
     ).where(
-        jobs.c.state == "running",
+        jobs.c.state == JobState.RUNNING,
         sa.or_(jobs.c.lease_until < now, jobs.c.worker_id.not_in(live)),
     ))).all()
     return [Lost(r.id, r.document_id, r.claim_token,
@@ -58,14 +59,14 @@ async def find_lost(conn: AsyncConnection, now: float, stale_before: float) -> l
 async def held_by(conn: AsyncConnection, worker_id: str, why: str) -> list[Lost]:
     """The jobs ``worker_id`` still holds (it is stopping, or a previous run of it died)."""
     rows = (await conn.execute(sa.select(jobs.c.id, jobs.c.document_id, jobs.c.claim_token)
-                               .where(jobs.c.state == "running",
+                               .where(jobs.c.state == JobState.RUNNING,
                                       jobs.c.worker_id == worker_id))).all()
     return [Lost(r.id, r.document_id, r.claim_token, why) for r in rows]
 
 
 async def all_running(conn: AsyncConnection, why: str) -> list[Lost]:
     rows = (await conn.execute(sa.select(jobs.c.id, jobs.c.document_id, jobs.c.claim_token)
-                               .where(jobs.c.state == "running"))).all()
+                               .where(jobs.c.state == JobState.RUNNING))).all()
     return [Lost(r.id, r.document_id, r.claim_token, why) for r in rows]
 
 
@@ -77,7 +78,7 @@ async def give_back(conn: AsyncConnection, lost: Sequence[Lost], now: float, *,
     for item in sorted(lost, key=lambda x: (x.document_id, x.job_id)):
         current = await docs.lock_document(conn, item.document_id)
         job = (await conn.execute(sa.select(jobs).where(
-            jobs.c.id == item.job_id, jobs.c.state == "running",
+            jobs.c.id == item.job_id, jobs.c.state == JobState.RUNNING,
             jobs.c.claim_token.is_(None) if item.token is None
             else jobs.c.claim_token == item.token,
         ).with_for_update(skip_locked=True))).first()
@@ -106,8 +107,8 @@ async def give_back(conn: AsyncConnection, lost: Sequence[Lost], now: float, *,
 
 
 _REQUEUE_JOB = jobs.update().where(jobs.c.id == sa.bindparam("_id")).values(
-    state="scheduled", due_at=sa.bindparam("now"), worker_id=None, claim_token=None,
+    state=JobState.SCHEDULED, due_at=sa.bindparam("now"), worker_id=None, claim_token=None,
     lease_until=None, crashes=sa.bindparam("crashes"))
 _PARK_JOB = jobs.update().where(jobs.c.id == sa.bindparam("_id")).values(
-    state="parked", finished_at=sa.bindparam("now"), worker_id=None, claim_token=None,
+    state=JobState.PARKED, finished_at=sa.bindparam("now"), worker_id=None, claim_token=None,
     lease_until=None, crashes=sa.bindparam("crashes"), last_error=sa.bindparam("error"))
