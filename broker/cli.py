@@ -19,6 +19,7 @@ from broker.entity_settings import SettingsError
 from broker.runtime import prepare_store
 from broker.serve import Roles, run
 from broker.settings import Settings
+from broker.store import journal as stored_journal
 from broker.store.db import make_engine
 from broker.wiring import catalog
 
@@ -360,7 +361,7 @@ def journal_verify(ctx: click.Context) -> None:
     async def go() -> journal.Verdict:
         engine = make_engine(settings.db_url)
         try:
-            return await journal.verify(engine)
+            return await stored_journal.verify(engine)
         finally:
             await engine.dispose()
 

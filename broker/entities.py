@@ -23,6 +23,7 @@ from broker.registry import Principal
 from broker.runtime import Runtime, now
 from broker.service import ServiceError, not_found
 from broker.store import entities as stored
+from broker.store import journal as stored_journal
 
 MAX_PAGE = 500
 CHECK_TIMEOUT = 30.0
@@ -163,6 +164,6 @@ async def check_connector(rt: Runtime, who: Principal, siren: str,
 
 async def _journal(conn: Any, who: Principal, action: str, siren: str,
                    extra: Mapping[str, Any] | None = None) -> None:
-    await journal.append(conn, [journal.Entry(
+    await stored_journal.append(conn, [journal.Entry(
         "operator", {"action": action, "entity": siren, **(extra or {})}, None, who.actor)],
         now())

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import sqlalchemy as sa
 import structlog
+from sqlalchemy.exc import IntegrityError
 
 from broker import engine as eng
 from broker import journal
@@ -26,8 +26,8 @@ from broker.ids import new_id
 from broker.outcomes import StepError
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
+from broker.store import entities as stored_entities
 from broker.store.documents import StoredFile
-from broker.store.schema import documents, entities
 
 log = structlog.get_logger("demat.ingest")
 
@@ -62,7 +62,7 @@ class Ingestor:
     async def pass_once(self, http: aiohttp.ClientSession) -> int:
         """Ask every configured source once; return how many documents were stored."""
         async with self.rt.db.connect() as conn:
-            rows = (await conn.execute(sa.select(entities.c.siren, entities.c.connectors))).all()
+            rows = await stored_entities.all_settings(conn)
         stored = 0
         for siren, connectors in rows:
             for name, source in self.sources.items():
@@ -92,16 +92,11 @@ async def store(rt: Runtime, entity: str, item: Incoming, actor: str) -> str | N
     """Store one incoming document; None when it was stored before."""
     flow = rt.flows[item.flow]
     async with rt.db.connect() as conn:
-        if (await conn.execute(sa.select(documents.c.id).where(
-                documents.c.entity == entity, documents.c.flow == flow.name,
-                documents.c.unique_key == item.key))).first():
+        if await docs.with_unique_key(conn, entity, flow.name, item.key) is not None:
             return None
         related = None
         if item.link:
-            key, value = item.link
-            related = (await conn.execute(sa.select(documents.c.id).where(
-                documents.c.entity == entity,
-                documents.c.metadata[key].as_string() == value))).scalar()
+            related = await docs.with_metadata(conn, entity, *item.link)
     files = []
     for new in item.files:
         staged = await rt.blobs.stage_file(new.path)
@@ -120,7 +115,7 @@ async def store(rt: Runtime, entity: str, item: Incoming, actor: str) -> str | N
         async with rt.db.begin() as conn:
             await docs.insert_documents(conn, [docs.NewDocument(
                 docs.TransitionWrite(doc, entity, transition), files, item.key)], t)
-    except sa.exc.IntegrityError:
+    except IntegrityError:
         return None  # another relay stored it meanwhile
     log.info("incoming document stored", document=doc.id, flow=flow.name, related=related)
     return doc.id

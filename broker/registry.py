@@ -9,13 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker.entity_settings import SettingsCatalog
 from broker.ids import new_id, siren_problem
 from broker.store import entities as stored_entities
-from broker.store.schema import tokens
+from broker.store import tokens as stored_tokens
 
 OPERATOR = "operator"
 ENTITY = "entity"
@@ -88,17 +87,15 @@ async def create_token(conn: AsyncConnection, role: str, entity: str | None = No
     if role == ENTITY and (entity is None or await get_entity(conn, entity) is None):
         raise InvalidEntity(f"unknown entity {entity!r}: add it first (demat entity add)")
     token = f"dmt_{secrets.token_urlsafe(32)}"
-    await conn.execute(tokens.insert().values(
-        id=new_id(), token_hash=hash_token(token), role=role,
-        entity=entity if role == ENTITY else None, label=label, created_at=time.time()))
+    await stored_tokens.insert(conn, new_id(), hash_token(token), role,
+                               entity if role == ENTITY else None, label, time.time())
     return token
 
 
 async def authenticate(conn: AsyncConnection, token: str) -> Principal | None:
-    row = (await conn.execute(sa.select(tokens).where(
-        tokens.c.token_hash == hash_token(token), tokens.c.revoked_at.is_(None)))).first()
+    row = await stored_tokens.live_by_hash(conn, hash_token(token))
     return Principal(row.id, row.role, row.entity) if row else None
 
 
 async def has_tokens(conn: AsyncConnection) -> bool:
-    return (await conn.execute(sa.select(tokens.c.id).limit(1))).first() is not None
+    return await stored_tokens.any_exists(conn)

@@ -20,12 +20,12 @@ from contextlib import suppress
 import structlog
 
 from broker import engine as eng
-from broker import journal
 from broker.metrics import JOBS_PUBLISHED, JOBS_RECOVERED
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
 from broker.store import events as stored_events
 from broker.store import jobs as stored_jobs
+from broker.store import journal as stored_journal
 from broker.store import recovery
 from broker.store import workers as stored_workers
 from broker.transport.base import Consumer, Delivery, Message
@@ -92,7 +92,7 @@ class Relay:
             self._last_sweep = now()
             await self.sweep()
         await self.publish_events()
-        await journal.seal(self.rt.db)
+        await stored_journal.seal(self.rt.db)
         return published >= self.rt.settings.relay_batch
 
     async def publish_due(self) -> int:

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
-import sqlalchemy as sa
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import engine as eng
@@ -32,12 +32,11 @@ from broker.metrics import DOCUMENTS_SUBMITTED
 from broker.outcomes import StepError
 from broker.registry import Principal
 from broker.runtime import Runtime, now
-from broker.store import classifications
+from broker.store import classifications, reads
 from broker.store import documents as docs
 from broker.store import events as stored_events
+from broker.store import journal as stored_journal
 from broker.store.documents import StoredFile
-from broker.store.jobs import JobState
-from broker.store.schema import documents, jobs
 
 MAX_PAGE = 500
 MAX_REPLAY_BATCH = 1000
@@ -233,7 +232,7 @@ async def _write_intakes(rt: Runtime, pending: list[_Pending]
         async with rt.db.begin() as conn:
             ids = await docs.insert_documents(conn, [p.new for p in pending], t)
         return [(file_ids, t) for file_ids in ids]
-    except sa.exc.IntegrityError:
+    except IntegrityError:
         if len(pending) == 1:
             return [None]
     written: list[tuple[list[str], float] | None] = []
@@ -242,15 +241,14 @@ async def _write_intakes(rt: Runtime, pending: list[_Pending]
             async with rt.db.begin() as conn:
                 (file_ids,) = await docs.insert_documents(conn, [p.new], t)
             written.append((file_ids, t))
-        except sa.exc.IntegrityError:
+        except IntegrityError:
             written.append(None)
     return written
 
 
 async def _by_submission_key(conn: AsyncConnection, entity: str,
                              key: str) -> dict[str, Any] | None:
-    row = (await conn.execute(sa.select(documents).where(
-        documents.c.entity == entity, documents.c.submission_key == key))).first()
+    row = await reads.by_submission_key(conn, entity, key)
     return _doc_view(row, await docs.get_files(conn, row.id)) if row else None
 
 
@@ -267,12 +265,10 @@ async def _key_problems(conn: AsyncConnection, flow: str, entity: str,
     if key is None:
         return []
     field, value = key
-    other = (await conn.execute(sa.select(documents.c.id).where(
-        documents.c.entity == entity, documents.c.flow == flow,
-        documents.c.unique_key == value))).first()
+    other = await docs.with_unique_key(conn, entity, flow, value)
     if other is None:
         return []
-    return [Problem(field, f"{value!r} is already used by document {other.id} of entity "
+    return [Problem(field, f"{value!r} is already used by document {other} of entity "
                     f"{entity}")]
 
 
@@ -313,7 +309,7 @@ async def refresh_classification(rt: Runtime, who: Principal, entity: str,
         raise ServiceError(502, f"{flow.classification_from}: {exc}") from exc
     async with rt.db.begin() as conn:
         await classifications.put(conn, entity, flow_name, version_date, data, now())
-        await journal.append(conn, [journal.Entry(
+        await stored_journal.append(conn, [journal.Entry(
             "operator", {"action": "classification", "entity": entity, "flow": flow_name,
                          "version_date": version_date}, None, who.actor)], now())
     return await classification_of(rt, who, entity, flow_name)
@@ -367,15 +363,9 @@ async def list_documents(rt: Runtime, who: Principal, *, entity: str | None = No
         if entity and entity != who.entity:
             raise ServiceError(403, f"this token may not list entity {entity}")
         entity = who.entity
-    query = sa.select(documents).order_by(documents.c.id.desc()).limit(limit + 1)
-    for column, value in ((documents.c.entity, entity), (documents.c.flow, flow),
-                          (documents.c.state, state)):
-        if value:
-            query = query.where(column == value)
-    if cursor:
-        query = query.where(documents.c.id < cursor)
     async with rt.db.connect() as conn:
-        rows = (await conn.execute(query)).all()
+        rows = await reads.documents_page(conn, limit=limit, entity=entity, flow=flow,
+                                          state=state, before=cursor)
     page = rows[:limit]
     return {"items": [_doc_view(r) for r in page],
             "next_cursor": page[-1].id if len(rows) > limit else None}
@@ -393,7 +383,7 @@ async def file_of(rt: Runtime, who: Principal, document_id: str, file_id: str) -
 async def journal_of(rt: Runtime, who: Principal, document_id: str) -> list[dict[str, Any]]:
     await _visible(rt, who, document_id)
     async with rt.db.connect() as conn:
-        rows = await journal.for_document(conn, document_id)
+        rows = await stored_journal.for_document(conn, document_id)
     return [{"seq": r["seq"], "at": eng.iso(r["at"]), "kind": r["kind"], "actor": r["actor"],
              **r["data"]} for r in rows]
 
@@ -435,18 +425,6 @@ async def cancel(rt: Runtime, who: Principal, document_id: str) -> dict[str, Any
     return await _operate(rt, who, document_id, "cancel")
 
 
-def _parked_query(entity: str | None, flow: str | None, step: str | None,
-                  error: str | None) -> sa.Select[Any]:
-    query = sa.select(documents).where(documents.c.state == eng.FAILED)
-    for column, value in ((documents.c.entity, entity), (documents.c.flow, flow),
-                          (documents.c.step, step)):
-        if value:
-            query = query.where(column == value)
-    if error:
-        query = query.where(documents.c.last_error.contains(error, autoescape=True))
-    return query
-
-
 def _event_view(row: Any) -> dict[str, Any]:
     payload = row.payload
     return {"id": row.id, "at": eng.iso(row.created_at), "routing_key": row.routing_key,
@@ -472,16 +450,11 @@ async def parking(rt: Runtime, who: Principal, *, entity: str | None = None,
     """Failed documents, each parked with its last error; replayable."""
     if not who.is_operator:
         entity = who.entity
-    query = _parked_query(entity, flow, None, None).order_by(documents.c.id.desc())
-    if cursor:
-        query = query.where(documents.c.id < cursor)
+    limit = min(limit, MAX_PAGE)
     async with rt.db.connect() as conn:
-        rows = (await conn.execute(query.limit(min(limit, MAX_PAGE) + 1))).all()
-        page = rows[:limit]
-        connectors = dict((await conn.execute(
-            sa.select(jobs.c.document_id, jobs.c.connector).where(
-                jobs.c.document_id.in_([r.id for r in page]),
-                jobs.c.state == JobState.PARKED))).all())
+        rows, connectors = await reads.parked_page(conn, limit=limit, entity=entity, flow=flow,
+                                                   before=cursor)
+    page = rows[:limit]
     items = [{**_doc_view(r), "connector": connectors.get(r.id)} for r in page]
     return {"items": items, "next_cursor": page[-1].id if len(rows) > limit else None}
 
@@ -500,13 +473,9 @@ async def replay(rt: Runtime, who: Principal, *, ids: Sequence[str] = (),
     if not ids and not filtered and not all_parked:
         raise ServiceError(422, "say what to replay: ids, a filter (entity, flow, step, error) "
                            "or all=true", [Problem("body", "nothing selected")])
-    query = _parked_query(entity, flow, step, error).order_by(documents.c.id)
-    if ids:
-        query = query.where(documents.c.id.in_(list(ids)))
     async with rt.db.connect() as conn:
-        chosen = [r.id for r in (await conn.execute(query.limit(limit))).all()]
-        remaining = (await conn.execute(sa.select(sa.func.count()).select_from(
-            query.subquery()))).scalar_one() - len(chosen)
+        chosen, remaining = await reads.parked_ids(conn, limit=limit, ids=ids, entity=entity,
+                                                   flow=flow, step=step, error=error)
     replayed = []
     for document_id in chosen:
         try:

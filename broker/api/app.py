@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-import sqlalchemy as sa
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,8 +22,9 @@ from broker.registry import Principal
 from broker.runtime import Runtime
 from broker.service import ServiceError, StagedPart
 from broker.sniff import sniff
+from broker.store import documents as docs
+from broker.store.db import ping
 from broker.store.outage import is_outage
-from broker.store.schema import documents
 from broker.ttlcache import TtlCache
 
 log = structlog.get_logger("demat.api")
@@ -297,8 +297,7 @@ async def readyz(request: web.Request) -> web.Response:
     rt = _rt(request)
     checks: dict[str, Any] = {}
     try:
-        async with rt.db.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+        await ping(rt.db)
         # A store that answers this probe but failed this process's work is still
         # recovering: not ready until the gate has seen it back.
         checks["store"] = "ok" if rt.gate.up else "down: reconnecting"
@@ -313,9 +312,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     async with _rt(request).db.connect() as conn:
-        counts = (await conn.execute(
-            sa.select(documents.c.flow, documents.c.state, sa.func.count())
-            .group_by(documents.c.flow, documents.c.state))).all()
+        counts = await docs.counts_by_flow_and_state(conn)
     DOCUMENTS_BY_STATE.clear()
     for flow, state, count in counts:
         DOCUMENTS_BY_STATE.labels(flow, state).set(count)

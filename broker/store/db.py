@@ -72,3 +72,12 @@ async def lock_journal(conn: AsyncConnection) -> None:
 
 
 _JOURNAL_LOCK = sa.text("SELECT pg_advisory_xact_lock(:k)")
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """One round trip to the store; raises what the driver raises when it does not answer."""
+    async with engine.connect() as conn:
+        await conn.execute(_PING)
+
+
+_PING = sa.text("SELECT 1")

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from broker import journal
 from broker.engine import CANCELLED, REJECTED, Doc, Job, Transition
 from broker.ids import new_id
+from broker.store import journal as stored_journal
 from broker.store.jobs import JobState
 from broker.store.schema import documents, events, files, jobs
 
@@ -154,7 +155,7 @@ async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWr
         await conn.execute(_INSERT_JOBS, new_jobs)
     if new_events:
         await conn.execute(_INSERT_EVENTS, new_events)
-    await journal.append(conn, entries, now)
+    await stored_journal.append(conn, entries, now)
     return job_ids
 
 
@@ -215,3 +216,23 @@ async def set_ref(conn: AsyncConnection, document_id: str, key: str, value: str)
         return
     await conn.execute(documents.update().where(documents.c.id == document_id).values(
         refs={**row.refs, key: value}))
+
+
+async def counts_by_flow_and_state(conn: AsyncConnection) -> list[tuple[str, str, int]]:
+    rows = await conn.execute(sa.select(documents.c.flow, documents.c.state, sa.func.count())
+                              .group_by(documents.c.flow, documents.c.state))
+    return [(flow, state, int(count)) for flow, state, count in rows]
+
+
+async def with_unique_key(conn: AsyncConnection, entity: str, flow: str, key: str) -> str | None:
+    """The id of the entity's document of ``flow`` holding business key ``key``, if any."""
+    found = await conn.scalar(sa.select(documents.c.id).where(
+        documents.c.entity == entity, documents.c.flow == flow, documents.c.unique_key == key))
+    return str(found) if found is not None else None
+
+
+async def with_metadata(conn: AsyncConnection, entity: str, key: str, value: str) -> str | None:
+    """The id of an entity's document whose metadata ``key`` is ``value``, if any."""
+    found = await conn.scalar(sa.select(documents.c.id).where(
+        documents.c.entity == entity, documents.c.metadata[key].as_string() == value))
+    return str(found) if found is not None else None

@@ -47,3 +47,9 @@ async def delete(conn: AsyncConnection, siren: str, now: float) -> None:
     await conn.execute(tokens.update().where(
         tokens.c.entity == siren, tokens.c.revoked_at.is_(None)).values(revoked_at=now))
     await conn.execute(entities.delete().where(entities.c.siren == siren))
+
+
+async def all_settings(conn: AsyncConnection) -> list[tuple[str, dict[str, Any]]]:
+    """(SIREN, stored connector settings) of every entity."""
+    rows = await conn.execute(sa.select(entities.c.siren, entities.c.connectors))
+    return [(siren, settings) for siren, settings in rows]

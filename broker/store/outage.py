@@ -14,10 +14,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import sqlalchemy as sa
 import structlog
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from broker.store.db import ping
 
 log = structlog.get_logger("demat.store")
 
@@ -135,8 +136,7 @@ class StoreGate:
         while True:
             await asyncio.sleep(delay)
             try:
-                async with self._db.connect() as conn:
-                    await conn.execute(_PING)
+                await ping(self._db)
             except Exception as error:
                 if not is_outage(error):
                     log.warning("store probe failed", error=str(error)[:300])
@@ -148,5 +148,3 @@ class StoreGate:
         self._up.set()
         log.warning("store answers again; work resumes", down_seconds=round(down_for, 2))
 
-
-_PING = sa.text("SELECT 1")

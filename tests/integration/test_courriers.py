@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from broker import journal, registry, service
+from broker import registry, service
 from broker.engine import TERMINAL
 from broker.ingest import Ingestor
 from broker.registry import Principal
@@ -21,6 +21,7 @@ from broker.relay import Relay
 from broker.runtime import Runtime
 from broker.service import ServiceError
 from broker.settings import Settings
+from broker.store import journal as stored_journal
 from broker.wiring import catalog
 from broker.worker import Worker
 from simulators.common import stats_of
@@ -118,7 +119,7 @@ async def test_an_act_is_acknowledged_then_its_courrier_is_ingested_once(stack: 
     assert {"archive", "message", "courrier"} <= {f["role"] for f in full["files"]}
     act_journal = await service.journal_of(rt, OPERATOR, act["id"])
     assert any(e["kind"] == "incoming" and e["document"] == letter["id"] for e in act_journal)
-    assert (await journal.verify(rt.db)).ok
+    assert (await stored_journal.verify(rt.db)).ok
 
 
 async def test_an_acknowledged_act_can_be_cancelled(stack: Stack) -> None:

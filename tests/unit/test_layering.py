@@ -72,3 +72,42 @@ def test_the_check_sees_the_imports_it_should() -> None:
     assert "connectors.depot.connector" in reaches("broker.wiring") or any(
         t.startswith("connectors.") for t in reaches("broker.wiring"))
     assert "broker.connector" in reaches("broker.worker")
+
+
+# What a module outside the store may take from SQLAlchemy: connection types to pass
+# along and the errors to catch. Statements, tables and execution stay in broker/store/.
+SQL_ALLOWED = {"sqlalchemy.ext.asyncio", "sqlalchemy.exc"}
+
+
+def sql_uses(path: Path) -> list[str]:
+    found = []
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            if name.startswith("sqlalchemy") and not any(
+                    name == ok or name.startswith(ok + ".") for ok in SQL_ALLOWED):
+                found.append(f"imports {name}")
+            if name.startswith("broker.store.schema"):
+                found.append("imports the tables")
+        if isinstance(node, ast.Attribute) and node.attr in ("execute", "exec_driver_sql"):
+            found.append(f"calls .{node.attr}() at line {node.lineno}")
+    return found
+
+
+def test_no_module_outside_the_store_runs_sql() -> None:
+    offenders = {}
+    for path in sorted([*BROKER.rglob("*.py"), *(ROOT / "connectors").rglob("*.py")]):
+        if "store" in path.relative_to(ROOT).parts[:2]:
+            continue
+        if uses := sql_uses(path):
+            offenders[str(path.relative_to(ROOT))] = uses
+    assert offenders == {}
+
+
+def test_the_sql_check_sees_sql() -> None:
+    assert sql_uses(BROKER / "store" / "jobs.py"), "the store's own SQL should be seen"
