@@ -43,7 +43,6 @@ from connectors.actes.tdt_client import (
     TdtClient,
     TransactionStatus,
     TransactionSummary,
-    tdt_settings,
 )
 from connectors.actes.xmlbind import ActesModel
 from connectors.base import (
@@ -58,6 +57,7 @@ from connectors.base import (
     StepContext,
     settings_of,
 )
+from connectors.s2low.client import tdt_settings
 from connectors.s2low.settings import TdtAccount
 
 TRANSACTION_REF = "tdt_transaction"

@@ -17,8 +17,9 @@ import aiohttp
 from broker.outcomes import NewFile, PermanentError
 from connectors.actes.envelope import EnvelopeError, read_archive
 from connectors.actes.messages import CourrierRef, DefereTA
-from connectors.actes.tdt_client import PrefectureDocument, TdtClient, tdt_settings
+from connectors.actes.tdt_client import PrefectureDocument, TdtClient
 from connectors.base import Incoming
+from connectors.s2low.client import tdt_settings
 
 FLOW = "actes-courrier"
 LABELS = {"2": "courrier simple", "3": "demande de pièces complémentaires",

@@ -1,24 +1,17 @@
-"""Wire protocol of an S²LOW-style TdT (tiers de télétransmission) for ACTES.
+"""The ACTES module of an S²LOW-style TdT: transactions under ``<url>/modules/actes/``.
 
-HTTPS with a TLS client certificate (optionally plus HTTP Basic login), under
-``<url>/modules/actes/``. Answers of the ``api=1`` scripts are text: a first
-line ``OK`` or ``KO``, then the payload (a transaction id, a numeric status
-followed by the message the préfecture sent...) or the TdT's error message,
-in ISO-8859-1. ``KO`` and HTTP errors become Permanent/TransientError quoting
-the TdT's words; nothing here retries (the connector wraps calls in ``ctx.call``).
+The account, TLS and answer conventions are ``connectors.s2low.client``'s; here the
+act's scripts: create, status, ARActe, cancel, listing and reconcile-before-resend,
+classification, préfecture letters.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
-import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,12 +20,14 @@ import aiohttp
 from connectors.base import (
     PermanentError,
     TransientError,
-    error_for_status,
-    secret_of,
-    settings_of,
-    transient_from,
 )
-from connectors.s2low.settings import TdtAccount
+from connectors.s2low.client import (
+    S2lowClient,
+    decode_text,
+    excerpt,
+    form_field,
+    latin1,
+)
 
 ACTES = "/modules/actes"
 
@@ -67,71 +62,12 @@ STATUS_LABELS: Mapping[int, str] = {
 # what a look-up scans (the TdT lists transactions one status at a time).
 LOOKUP_STATUSES = (1, 2, 3, 17, 18, 4, -1, 6, 10, 0, 5)
 
-# KO messages of S²LOW that say the TdT itself failed, not the request.
-_TRANSIENT_KO = (
-    "Erreur d'initialisation du module",
-    "Erreur lors de l'enregistrement",
-    "Erreur de journalisation",
-    "Erreur consultation statut",
-)
 # S²LOW refuses a second act with the same internal number for an authority.
 DUPLICATE_NUMBER_KO = "même numéro interne existe déjà"
 # S²LOW refuses a second cancellation while one is pending.
 PENDING_CANCEL_KO = "demande d'annulation est déjà en cours"
 
-_CHUNK = 256 * 1024
-_MAX_ANSWER = 32 * 1024 * 1024
 _ROOT = re.compile(rb"<([A-Za-z_][\w.\-]*(?::[A-Za-z_][\w.\-]*)?)[\s/>]")
-
-
-@dataclass(frozen=True)
-class TdtSettings:
-    url: str
-    cert: Path
-    key: Path
-    ca: Path | None = None
-    login: str | None = None
-    password: str | None = None
-    timeout: float = 60.0
-
-
-def tdt_settings(config: Mapping[str, Any], entity: str | None) -> TdtSettings:
-    """The entity's TdT endpoint and credentials, or a PermanentError naming what is wrong."""
-    account = settings_of(TdtAccount, config, entity, "tdt")
-    return TdtSettings(
-        account.url.rstrip("/"),
-        account.cert,
-        account.key,
-        account.ca,
-        account.login or None,
-        secret_of(account, "password", entity, "tdt") if account.login else None,
-        account.timeout,
-    )
-
-
-@lru_cache(maxsize=32)
-def _cached_context(
-    cert: Path, key: Path, ca: Path | None, _stamps: tuple[float, ...]
-) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-    context.load_cert_chain(cert, key)
-    return context
-
-
-def ssl_context(settings: TdtSettings) -> ssl.SSLContext:
-    """Client context: our certificate and key, the TdT's CA (system CAs without one).
-
-    Cached per file set and modification time, so a renewed certificate is picked up.
-    """
-    files = [p for p in (settings.cert, settings.key, settings.ca) if p is not None]
-    try:
-        stamps = tuple(os.stat(p).st_mtime for p in files)
-        return _cached_context(settings.cert, settings.key, settings.ca, stamps)
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise PermanentError(
-            f"TdT {settings.url}: cannot load the client certificate, key or CA "
-            f"({', '.join(str(p) for p in files)}): {exc}"
-        ) from exc
 
 
 @dataclass(frozen=True)
@@ -209,18 +145,6 @@ class RelatedDocument:
     id: str
 
 
-def _text(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("iso-8859-1")
-
-
-def _excerpt(data: bytes, limit: int = 300) -> str:
-    text = " ".join(_text(data).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _split_xml(data: bytes) -> tuple[bytes | None, bytes]:
     """The XML message at the start of ``data`` and what follows it (the TdT's text)."""
     start = data.find(b"<")
@@ -249,134 +173,8 @@ def _split_xml(data: bytes) -> tuple[bytes | None, bytes]:
     return data[start:end], data[end:]
 
 
-def latin1(text: str) -> bytes:
-    """``text`` as the ISO-8859-1 S²LOW expects; typographic characters become ASCII."""
-    for wide, narrow in _TYPOGRAPHY.items():
-        text = text.replace(wide, narrow)
-    return text.encode("iso-8859-1", errors="replace")
-
-
-_TYPOGRAPHY = {
-    "\u2019": "'",
-    "\u2018": "'",
-    "\u201c": '"',
-    "\u201d": '"',
-    "\u2013": "-",
-    "\u2014": "-",
-    "\u2026": "...",
-    "\u0153": "oe",
-    "\u0152": "OE",
-    "\u20ac": "EUR",
-    "\u202f": " ",
-}
-
-
-def _field(form: aiohttp.MultipartWriter, name: str, value: str | bytes) -> None:
-    data = value if isinstance(value, bytes) else value.encode("ascii", errors="replace")
-    part = form.append(
-        aiohttp.BytesPayload(data, content_type="text/plain; charset=ISO-8859-1"),
-    )
-    part.set_content_disposition("form-data", name=name)
-
-
-class TdtClient:
-    """One TdT account: a client certificate, optionally a login."""
-
-    def __init__(self, http: aiohttp.ClientSession, settings: TdtSettings) -> None:
-        self.http = http
-        self.settings = settings
-        self._ssl: ssl.SSLContext | None = None
-
-    @property
-    def what(self) -> str:
-        return f"TdT {self.settings.url}"
-
-    def _context(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            self._ssl = ssl_context(self.settings)
-        return self._ssl
-
-    # -- transport ----------------------------------------------------------------------
-
-    async def _request(
-        self,
-        method: str,
-        script: str,
-        what: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        data: aiohttp.MultipartWriter | None = None,
-        sink: IO[bytes] | None = None,
-    ) -> bytes:
-        """One exchange; the body (or, with ``sink``, the body written there)."""
-        headers = {}
-        if self.settings.login is not None:
-            login, password = self.settings.login, self.settings.password or ""
-            headers["Authorization"] = aiohttp.encode_basic_auth(login, password)
-        label = f"{self.what} {what}"
-        try:
-            async with self.http.request(
-                method,
-                f"{self.settings.url}{script}",
-                params=params,
-                data=data,
-                headers=headers,
-                ssl=self._context(),
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                # Only GETs follow redirects: a redirected POST would not carry its files.
-                allow_redirects=method == "GET",
-            ) as resp:
-                await error_for_status(resp, label)
-                if sink is not None:
-                    async for chunk in resp.content.iter_chunked(_CHUNK):
-                        await asyncio.to_thread(sink.write, chunk)
-                    return b""
-                body = await resp.content.read(_MAX_ANSWER + 1)
-                if len(body) > _MAX_ANSWER:
-                    raise PermanentError(f"{label}: answer larger than {_MAX_ANSWER} bytes")
-                return body
-        except (PermanentError, TransientError):
-            raise
-        except aiohttp.ClientSSLError as exc:
-            raise PermanentError(
-                f"{label}: TLS handshake refused ({exc}); check connectors.tdt.cert, key and ca"
-            ) from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            if _tls_refusal(exc):
-                raise PermanentError(
-                    f"{label}: the TdT refused our client certificate ({exc})"
-                ) from exc
-            raise transient_from(exc, label) from exc
-
-    def _payload(self, body: bytes, what: str) -> list[bytes]:
-        """The lines after ``OK``; ``KO`` raises with the TdT's message."""
-        lines = body.lstrip(b"\xef\xbb\xbf \r\n\t").split(b"\n")
-        head = lines[0].strip()
-        label = f"{self.what} {what}"
-        if head == b"OK":
-            return lines[1:]
-        if head == b"KO":
-            message = " ".join(_text(b"\n".join(lines[1:])).split()) or "(no message)"
-            error = TransientError if message.startswith(_TRANSIENT_KO) else PermanentError
-            raise error(f"{label}: the TdT answered KO: {message}")
-        raise PermanentError(f"{label}: unexpected answer: {_excerpt(body) or '(empty)'}")
-
-    def _transaction_id(self, lines: list[bytes], what: str) -> str:
-        value = lines[0].strip() if lines else b""
-        if not value.isdigit():
-            raise PermanentError(f"{self.what} {what}: expected a transaction id, got {value!r}")
-        return value.decode()
-
-    async def _json(self, script: str, what: str, params: Mapping[str, str]) -> Any:
-        body = await self._request("GET", script, what, params=params)
-        try:
-            return json.loads(body)
-        except (UnicodeDecodeError, ValueError):
-            # A KO text instead of JSON: let it speak.
-            self._payload(body, what)
-            raise PermanentError(
-                f"{self.what} {what}: expected JSON, got {_excerpt(body)}"
-            ) from None
+class TdtClient(S2lowClient):
+    """The ACTES module of one TdT account."""
 
     # -- acts -----------------------------------------------------------------------------
 
@@ -384,18 +182,18 @@ class TdtClient:
         """Post an act (``actes_transac_create.php``); the new transaction id."""
         with _OpenFiles() as files:
             form = aiohttp.MultipartWriter("form-data")
-            _field(form, "api", "1")
-            _field(form, "nature_code", str(act.nature_code))
-            _field(form, "number", act.number)
-            _field(form, "subject", latin1(act.subject))
-            _field(form, "decision_date", act.decision_date.isoformat())
-            _field(form, "en_attente", "1" if act.en_attente else "0")
-            _field(form, "document_papier", "1" if act.document_papier else "0")
-            _field(form, "type_acte", act.type_acte)
+            form_field(form, "api", "1")
+            form_field(form, "nature_code", str(act.nature_code))
+            form_field(form, "number", act.number)
+            form_field(form, "subject", latin1(act.subject))
+            form_field(form, "decision_date", act.decision_date.isoformat())
+            form_field(form, "en_attente", "1" if act.en_attente else "0")
+            form_field(form, "document_papier", "1" if act.document_papier else "0")
+            form_field(form, "type_acte", act.type_acte)
             for code in act.type_pj:
-                _field(form, "type_pj[]", code)
+                form_field(form, "type_pj[]", code)
             for rank, level in enumerate(act.classification, start=1):
-                _field(form, f"classif{rank}", level)
+                form_field(form, f"classif{rank}", level)
             await files.attach(form, "acte_pdf_file", act.acte)
             for annexe in act.annexes:
                 await files.attach(form, "acte_attachments[]", annexe)
@@ -418,7 +216,7 @@ class TdtClient:
         if not re.fullmatch(rb"-?\d+", code):
             raise PermanentError(f"{self.what} {what}: expected a numeric status, got {code!r}")
         xml, rest = _split_xml(b"\n".join(lines[1:]))
-        return TransactionStatus(transaction, int(code), xml, " ".join(_text(rest).split()))
+        return TransactionStatus(transaction, int(code), xml, " ".join(decode_text(rest).split()))
 
     async def get_aracte(self, transaction: str) -> bytes:
         """``actes_transac_get_ARActe.php``: the ARActe of an acknowledged act."""
@@ -428,15 +226,15 @@ class TdtClient:
         )
         xml, _rest = _split_xml(body)
         if xml is None:
-            raise PermanentError(f"{self.what} {what}: not an XML message: {_excerpt(body)}")
+            raise PermanentError(f"{self.what} {what}: not an XML message: {excerpt(body)}")
         return xml
 
     async def cancel(self, transaction: str) -> str:
         """Ask the cancellation (6-1) of an acknowledged act; the cancellation's transaction."""
         what = f"cancellation of transaction {transaction}"
         form = aiohttp.MultipartWriter("form-data")
-        _field(form, "api", "1")
-        _field(form, "id", transaction)
+        form_field(form, "api", "1")
+        form_field(form, "id", transaction)
         body = await self._request("POST", f"{ACTES}/actes_transac_cancel.php", what, data=form)
         return self._transaction_id(self._payload(body, what), what)
 
@@ -489,7 +287,7 @@ class TdtClient:
         xml, _rest = _split_xml(body)
         if xml is None:
             self._payload(body, what)  # a KO explains itself
-            raise PermanentError(f"{self.what} {what}: not an XML message: {_excerpt(body)}")
+            raise PermanentError(f"{self.what} {what}: not an XML message: {excerpt(body)}")
         return xml
 
     # -- préfecture documents -------------------------------------------------------------
@@ -511,7 +309,7 @@ class TdtClient:
         if body.lstrip().startswith(b"KO"):
             self._payload(body, what)
         found = []
-        for line in _text(body).splitlines():
+        for line in decode_text(body).splitlines():
             match = re.fullmatch(r"\s*(\d+)-(-?\d+)-(\d+)\s*", line)
             if match:
                 found.append(RelatedDocument(match[1], int(match[2]), match[3]))
@@ -536,7 +334,7 @@ class TdtClient:
         if not head.startswith(b"\x1f\x8b"):
             text = await asyncio.to_thread(dest.read_bytes)
             self._payload(text, what)
-            raise PermanentError(f"{self.what} {what}: not an archive: {_excerpt(text)}")
+            raise PermanentError(f"{self.what} {what}: not an archive: {excerpt(text)}")
 
     async def mark_prefecture_document_read(self, document: str) -> None:
         what = f"marking préfecture document {document} read"
@@ -547,16 +345,6 @@ class TdtClient:
         )
         if not (isinstance(body, dict) and body.get("result") == "ok"):
             raise PermanentError(f"{self.what} {what}: unexpected answer {body!r}")
-
-
-def _tls_refusal(exc: BaseException) -> bool:
-    """The server closed the TLS session with an alert about our certificate."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError) and "ALERT" in str(seen).upper():
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _summary(row: Mapping[str, Any], status: int) -> TransactionSummary:

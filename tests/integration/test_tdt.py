@@ -32,8 +32,9 @@ from connectors.actes.messages import (
     LettreObservations,
     read_message,
 )
-from connectors.actes.tdt_client import TdtClient, tdt_settings
+from connectors.actes.tdt_client import TdtClient
 from connectors.base import FileView, PermanentError, StepContext, TransientError
+from connectors.s2low.client import tdt_settings
 from simulators.common import stats_of
 from simulators.faults import FaultRule
 from simulators.pki import TestCA
