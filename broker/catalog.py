@@ -11,13 +11,28 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from broker.connector import Connector
-from broker.entity_settings import SettingsCatalog
-from broker.flows.base import Flow
+from broker.entity_settings import SettingsCatalog, problems_of
+from broker.flows.base import Flow, Step
 
 
 class CatalogError(ValueError):
     """The flows and connectors do not fit together."""
+
+
+def _option_problems(flow: Flow, step: Step, connector: Connector) -> list[str]:
+    model = getattr(connector, "options", None)
+    where = f"flow {flow.name} step {step.name}: options for {connector.name}"
+    if model is None:
+        return [f"{where}: the connector takes none"] if step.options else []
+    try:
+        model.model_validate(dict(step.options))
+    except ValidationError as exc:
+        return [f"{where}: " + "; ".join(f"{field or 'value'}: {what}"
+                                         for field, what in problems_of(exc))]
+    return []
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,8 @@ class Catalog:
                     served = ", ".join(f"{f}/{s}" for f, s in sorted(found.serves)) or "nothing"
                     problems.append(f"flow {flow.name} step {step.name}: connector "
                                     f"{step.connector!r} does not serve it (it serves {served})")
+                else:
+                    problems += _option_problems(flow, step, found)
         if problems:
             raise CatalogError("; ".join(problems))
         try:

@@ -83,6 +83,8 @@ class StepContext:
     refs: Mapping[str, str]
     http: aiohttp.ClientSession
     workdir: Path
+    # The flow step's options for its connector (``Step.options``).
+    options: Mapping[str, Any] = field(default_factory=dict)
     retry: InCallRetry = field(default_factory=lambda: InCallRetry(RetryPolicy()))
     # Persists a remote reference at once, before the step ends, so a re-run
     # after a crash finds it and reconciles with the peer instead of re-sending.

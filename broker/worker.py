@@ -253,6 +253,7 @@ class Worker:
             step=job_row.step, run=job_row.run, kind=job_row.kind,
             metadata=doc_row.metadata, files=views, config=config, refs=doc_row.refs,
             http=self._http, workdir=workdir,
+            options=self.rt.flows[doc_row.flow].step(job_row.step).options,
             retry=InCallRetry(self.rt.settings.retry_policy, attempts.append),
             save_ref=save_ref, save_file=save_file)
 

@@ -68,7 +68,9 @@ ACTES = ActesFlow(
     files=FILE_RULES,
     metadata_model=ActeMetadata,
     steps=[
-        Step("sign", connector="parapheur", poll=SIGNATURE_POLLS),
+        Step("sign", connector="parapheur", poll=SIGNATURE_POLLS, options={
+            "sign": ["acte"], "annexes": "annexe", "signed_as": "acte_signe",
+            "bordereau_as": "bordereau_signature", "format": "PAdES"}),
         Step("transmit", connector="tdt", poll=PREFECTURE_POLLS),
         Step("archive", connector="sae", poll=SAE_POLLS),
         Step("cancel", connector="tdt", poll=PREFECTURE_POLLS),

@@ -28,6 +28,9 @@ class Step:
     # None: the platform's default policies (settings).
     retry: RetryPolicy | None = None
     poll: PollPolicy | None = None
+    # What this step asks of its connector (which file roles to sign, the signature
+    # format...): checked against the connector's options model when the catalog is built.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from connectors.base import (
     settings_of,
 )
 from connectors.parapheur.client import ParapheurClient
-from connectors.parapheur.settings import ParapheurSettings
+from connectors.parapheur.settings import ParapheurSettings, SignOptions
 from connectors.parapheur.soap import (
     Attachment,
     DossierExists,
@@ -58,9 +58,6 @@ REF_DATE_LIMITE = "parapheur_date_limite"
 REF_SIGNATURE = "parapheur_signature"  # JSON, saved before ArchiverDossier
 REF_REJET = "parapheur_rejet"  # JSON, saved before EffacerDossierRejete
 
-ROLE_SIGNED = "acte_signe"
-ROLE_BORDEREAU = "bordereau_signature"
-ROLE_SIGNATURE = "signature"  # detached CAdES, for PKCS7 types
 
 FINISHED = "Archive"
 SIGNED_STATUSES = frozenset({"Signe", "SignatairePapier", "CachetOK", "Vise"})
@@ -71,15 +68,25 @@ def parapheur_settings(config: Mapping[str, Any], entity: str) -> ParapheurSetti
     return settings_of(ParapheurSettings, config, entity, "parapheur")
 
 
+def sign_options(ctx: StepContext) -> SignOptions:
+    """The step's options (checked when the catalog was built)."""
+    return SignOptions.model_validate(dict(ctx.options))
+
+
 def document_to_sign(ctx: StepContext) -> FileView:
-    """The ACTES main document (role ``acte``), else the first ``document`` file."""
-    for role in ("acte", "document"):
+    """The first file of the first role the step's options name (``sign``)."""
+    roles = sign_options(ctx).sign
+    for role in roles:
         found = ctx.files_with_role(role)
         if found:
             return found[0]
-    raise PermanentError(
-        f"document {ctx.document_id} has no file to sign (role 'acte' or 'document')"
-    )
+    listed = " or ".join(repr(r) for r in roles)
+    raise PermanentError(f"document {ctx.document_id} has no file to sign (role {listed})")
+
+
+def _annexes(ctx: StepContext) -> list[FileView]:
+    role = sign_options(ctx).annexes
+    return ctx.files_with_role(role) if role else []
 
 
 def dossier_id_for(document_id: str, source: FileView) -> str:
@@ -107,6 +114,7 @@ class ParapheurConnector:
     steps = frozenset({"sign"})
     settings_key = "parapheur"
     settings = ParapheurSettings
+    options = SignOptions
     serves = frozenset({("actes", "sign")})
 
     async def check(self, config: Mapping[str, Any], entity: str,
@@ -145,7 +153,7 @@ class ParapheurConnector:
         try:
             history = await ctx.call(lambda: client.get_histo_dossier(dossier_id))
         except DossierUnknown as exc:
-            if ctx.files_with_role(ROLE_SIGNED):
+            if ctx.files_with_role(sign_options(ctx).signed_as):
                 return _already_archived(ctx, dossier_id)
             if known:
                 raise PermanentError(
@@ -175,7 +183,7 @@ class ParapheurConnector:
             date_limite=date_limite,
             annexes=tuple(
                 Attachment(f.path, f.content_type, sanitize_id(f.name))
-                for f in ctx.files_with_role("annexe")
+                for f in _annexes(ctx)
             ),
             metadata=_metadata(ctx, settings),
             email_emetteur=settings.email_emetteur,
@@ -250,17 +258,18 @@ async def _finish_signed(
         )
     stem = _stem(ctx)
     signed = dossier.doc_principal
+    roles = sign_options(ctx)
     # Stored before anything is deleted on the parapheur: the signature is not kept twice.
     signed_name = await _store(
-        ctx, ROLE_SIGNED, f"{stem}-signe{_suffix(signed.content_type, '.pdf')}", signed
+        ctx, roles.signed_as, f"{stem}-signe{_suffix(signed.content_type, '.pdf')}", signed
     )
     bordereau_name = None
     if dossier.bordereau is not None:
         bordereau_name = await _store(
-            ctx, ROLE_BORDEREAU, f"{stem}-bordereau.pdf", dossier.bordereau.file
+            ctx, roles.bordereau_as, f"{stem}-bordereau.pdf", dossier.bordereau.file
         )
     if dossier.signature is not None:
-        await _store(ctx, ROLE_SIGNATURE, f"{stem}.p7s", dossier.signature)
+        await _store(ctx, roles.signature_as, f"{stem}.p7s", dossier.signature)
     signer = last_log_with(history, SIGNED_STATUSES) or history[-1]
     summary = {
         "dossier_id": dossier_id,
@@ -312,7 +321,8 @@ async def _keep_bordereau(ctx: StepContext, client: ParapheurClient, dossier_id:
     except ParapheurError:
         return
     if dossier.bordereau is not None:
-        await _store(ctx, ROLE_BORDEREAU, f"{_stem(ctx)}-bordereau.pdf", dossier.bordereau.file)
+        await _store(ctx, sign_options(ctx).bordereau_as, f"{_stem(ctx)}-bordereau.pdf",
+                     dossier.bordereau.file)
 
 
 def _rejected(rejection: Mapping[str, Any]) -> Rejected:

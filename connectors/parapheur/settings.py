@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from broker.entity_settings import ConnectorSettings, HttpUrl
 
@@ -48,3 +48,30 @@ class ParapheurSettings(ConnectorSettings):
     @property
     def type_technique(self) -> str:
         return self.type
+
+
+class SignOptions(BaseModel):
+    """What a flow's signature step sends and what it keeps (``Step.options``).
+
+    ACTES: the act (``acte``) with its annexes, the signed PDF kept as ``acte_signe``
+    (PAdES). A PES would send its file for an XAdES signature of its bordereaux.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Roles tried in order for the file to sign; the first role present is signed.
+    sign: tuple[str, ...] = ("document",)
+    # Role of the files sent along as annexes (not signed), if any.
+    annexes: str | None = None
+    # Roles under which what comes back is stored on the document.
+    signed_as: str = "signed"
+    bordereau_as: str = "bordereau_signature"
+    signature_as: str = "signature"  # a detached signature (CAdES, PKCS7 types)
+    format: Literal["PAdES", "XAdES", "CAdES"] = "PAdES"
+
+    @field_validator("sign")
+    @classmethod
+    def _some(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one file role to sign")
+        return value

@@ -25,6 +25,7 @@ from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.validation import async_validate_pdf_signature
 from pyhanko_certvalidator import ValidationContext
 
+from broker.flows.actes import ACTES
 from broker.retry import InCallRetry, RetryPolicy
 from connectors.base import (
     Done,
@@ -67,6 +68,8 @@ class Step:
     on_save_file: Any = None
     crash_on_ref: str | None = None
     runs: int = 0
+    # The ACTES signature step's options, unless a test sets others.
+    options: Mapping[str, Any] = field(default_factory=lambda: ACTES.step("sign").options)
 
     def add_file(self, role: str, name: str, content: bytes, content_type: str) -> FileView:
         digest = hashlib.sha256(content).hexdigest()
@@ -112,6 +115,7 @@ class Step:
             refs=dict(self.refs),
             http=self.http,
             workdir=workdir,
+            options=self.options,
             retry=InCallRetry(policy),
             save_ref=self._save_ref,
             save_file=self._save_file,
@@ -508,7 +512,9 @@ async def test_configuration_errors_say_what_to_fix(
         await run(step, config)
 
 
-async def test_first_document_file_when_there_is_no_acte(step: Step, sim: Sim) -> None:
+async def test_the_step_options_say_which_file_roles_to_sign(step: Step, sim: Sim) -> None:
+    # Another flow's signature step: the first role of its options that has a file.
+    step.options = {"sign": ["acte", "document"], "signed_as": "courrier_signe"}
     step.files = []
     step.add_file("document", "courrier.pdf", ACTE, "application/pdf")
     step.add_file("document", "autre.pdf", simple_pdf(["autre"]), "application/pdf")
@@ -516,7 +522,7 @@ async def test_first_document_file_when_there_is_no_acte(step: Step, sim: Sim) -
     assert list(sim.parapheur.dossiers) == [f"{DOC}_courrier"]
 
     step.files, step.refs = [], {}
-    with pytest.raises(PermanentError, match="no file to sign"):
+    with pytest.raises(PermanentError, match="no file to sign \\(role 'acte' or 'document'\\)"):
         await run(step, sim.config())
 
 

@@ -73,3 +73,27 @@ def test_the_shipped_catalog_resolves_every_step() -> None:
         for step in f.steps:
             assert (f.name, step.name) in shipped.connector_for(f.name, step.name).serves
     assert set(shipped.settings.models) == {"depot", "parapheur", "tdt", "sae"}
+
+
+def test_step_options_are_checked_against_the_connector_when_built() -> None:
+    from connectors.parapheur.connector import ParapheurConnector
+
+    class Visa(ParapheurConnector):
+        serves = frozenset({("echoes", "visa")})
+
+    with pytest.raises(CatalogError) as caught:
+        Catalog.build([flow(Step("visa", "parapheur", options={"sign": [], "format": "XML"}))],
+                      [Visa()])
+    message = str(caught.value)
+    assert message.startswith("flow echoes step visa: options for parapheur: ")
+    assert "sign: name at least one file role to sign" in message
+    assert "format: Input should be 'PAdES', 'XAdES' or 'CAdES'" in message
+    built = Catalog.build([flow(Step("visa", "parapheur", options={
+        "sign": ["facture"], "signed_as": "facture_visee", "format": "PAdES"}))], [Visa()])
+    assert built.flows["echoes"].step("visa").options["signed_as"] == "facture_visee"
+
+
+def test_a_connector_without_options_refuses_them() -> None:
+    with pytest.raises(CatalogError, match="options for echo: the connector takes none"):
+        Catalog.build([flow(Step("say", "echo", options={"loud": True}))],
+                      [Echo(frozenset({("echoes", "say")}))])
