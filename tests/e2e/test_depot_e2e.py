@@ -86,3 +86,30 @@ async def test_journal_verifies_on_a_real_run_and_fails_on_a_tampered_row(stack:
         assert "entry 4 was altered" in str(exc)
     else:
         raise AssertionError("a tampered journal verified")
+
+
+async def test_secrets_never_reach_answers_or_logs(stack: Stack) -> None:
+    token, password = "tok-3f9c1e7d-never-shown", "pw-8b2d4a61-never-shown"
+    async with stack.api.http.patch(f"{stack.url}/api/v1/entities/{ENTITY}", json={
+        "connectors": {
+            "depot": {"url": f"{stack.gf_url}/inbox", "token": token},
+            "parapheur": {"url": "http://127.0.0.1:9/ws", "type": "ACTES",
+                          "sous_type": "Deliberation", "login": "l", "password": password}}},
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    await set_faults(stack.gf_url, [{"kind": "500", "count": 1}])
+    doc_id = await submit_one(stack)
+    done = await stack.api.wait_terminal([doc_id], 30)
+    assert done[doc_id]["state"] == "completed"
+    answers = [await stack.api.get(path) for path in (
+        f"/api/v1/entities/{ENTITY}", "/api/v1/entities", f"/api/v1/documents/{doc_id}",
+        f"/api/v1/documents/{doc_id}/journal", "/api/v1/events", "/api/v1/documents")]
+    async with stack.api.http.get(f"{stack.url}/metrics") as resp:
+        answers.append(await resp.text())
+    await stack.serve.stop()  # every line written
+    logs = (stack.data_dir.parent / "serve.log").read_text(errors="replace")
+    assert answers[0]["connectors"]["depot"]["token"] == "********"
+    assert "step ran" in logs, "the log under test is the broker's"
+    for secret in (token, password):
+        assert secret not in str(answers)
+        assert secret not in logs
