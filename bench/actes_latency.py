@@ -53,7 +53,7 @@ from typing import Any
 import aiohttp
 from children import Child
 
-from broker import registry
+from broker import accounts
 from broker.store.db import make_engine
 from broker.store.migrate import upgrade
 from simulators.samples import simple_pdf
@@ -118,7 +118,7 @@ async def operator_token(db_url: str) -> str:
     engine = make_engine(db_url)
     try:
         async with engine.begin() as conn:
-            token: str = await registry.create_token(conn, registry.OPERATOR, label="bench")
+            token: str = await accounts.create_token(conn, accounts.OPERATOR, label="bench")
     finally:
         await engine.dispose()
     return token

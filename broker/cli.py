@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import aiohttp
 import click
 
-from broker import journal, logs, registry
+from broker import accounts, journal, logs
 from broker.entity_settings import SettingsError
 from broker.runtime import prepare_store
 from broker.serve import Roles, run
@@ -155,12 +155,12 @@ def token_create(ctx: click.Context, entity: str | None, operator: bool, label: 
         raise click.UsageError("give exactly one of --entity SIREN or --operator")
 
     async def go(conn: Any) -> str:
-        role = registry.OPERATOR if operator else registry.ENTITY
-        return await registry.create_token(conn, role, entity, label)
+        role = accounts.OPERATOR if operator else accounts.ENTITY
+        return await accounts.create_token(conn, role, entity, label)
 
     try:
         click.echo(_with_store(_settings(ctx), go))
-    except (registry.InvalidEntity, SettingsError) as exc:
+    except (accounts.InvalidEntity, SettingsError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -186,11 +186,11 @@ def entity_add(ctx: click.Context, siren: str, name: str, sets: tuple[str, ...])
         connectors.setdefault(connector, {})[setting] = value
 
     async def go(conn: Any) -> None:
-        await registry.upsert_entity(conn, siren, name, connectors, catalog().settings)
+        await accounts.upsert_entity(conn, siren, name, connectors, catalog().settings)
 
     try:
         _with_store(_settings(ctx), go)
-    except (registry.InvalidEntity, SettingsError) as exc:
+    except (accounts.InvalidEntity, SettingsError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"entity {siren} saved")
 

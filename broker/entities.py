@@ -13,13 +13,13 @@ from typing import Any
 
 import aiohttp
 
-from broker import journal, registry
+from broker import accounts, journal
+from broker.accounts import Principal
 from broker.connector import Checkable
 from broker.engine import iso
 from broker.entity_settings import SettingsError
 from broker.flows.base import Problem
 from broker.outcomes import StepError
-from broker.registry import Principal
 from broker.runtime import Runtime, now
 from broker.service import ServiceError, not_found
 from broker.store import entities as stored
@@ -34,8 +34,8 @@ def _operator(who: Principal) -> None:
         raise ServiceError(403, "only operators manage entities")
 
 
-def _refused(exc: SettingsError | registry.InvalidEntity) -> ServiceError:
-    if isinstance(exc, registry.InvalidEntity):
+def _refused(exc: SettingsError | accounts.InvalidEntity) -> ServiceError:
+    if isinstance(exc, accounts.InvalidEntity):
         return ServiceError(422, str(exc), [Problem("siren", str(exc))])
     problems = [Problem(where.split(": ", 1)[1] if ": " in where else where, what)
                 for where, what in exc.problems]
@@ -74,8 +74,8 @@ async def create_entity(rt: Runtime, who: Principal, siren: str, name: str,
         if await stored.get(conn, siren) is not None:
             raise ServiceError(409, f"entity {siren} exists; change it with PATCH")
         try:
-            await registry.upsert_entity(conn, siren, name, connectors, rt.catalog.settings)
-        except (SettingsError, registry.InvalidEntity) as exc:
+            await accounts.upsert_entity(conn, siren, name, connectors, rt.catalog.settings)
+        except (SettingsError, accounts.InvalidEntity) as exc:
             raise _refused(exc) from exc
         await _journal(conn, who, "entity_created", siren)
         row = await stored.get(conn, siren)
@@ -111,9 +111,9 @@ async def update_entity(rt: Runtime, who: Principal, siren: str, name: str | Non
             raise not_found(f"entity {siren}")
         settings = merged(row.connectors, connectors or {})
         try:
-            await registry.upsert_entity(conn, siren, name or row.name, settings,
+            await accounts.upsert_entity(conn, siren, name or row.name, settings,
                                          rt.catalog.settings)
-        except (SettingsError, registry.InvalidEntity) as exc:
+        except (SettingsError, accounts.InvalidEntity) as exc:
             raise _refused(exc) from exc
         await _journal(conn, who, "entity_changed", siren,
                        {"connectors": sorted(connectors or {}), "name": name is not None})

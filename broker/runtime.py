@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker import registry
+from broker import accounts
 from broker.batch import Batcher
 from broker.blobs import BlobStore
 from broker.catalog import Catalog
@@ -109,7 +109,7 @@ async def prepare_store(settings: Settings, catalog: Catalog, *,
     declared = settings.entities_file()
     if declared:
         async with db.begin() as conn:
-            await registry.sync_from_config(conn, declared, catalog.settings)
+            await accounts.sync_from_config(conn, declared, catalog.settings)
     return db
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from broker import registry
+from broker import accounts
 from broker.api.app import build_app
 from broker.catalog import CatalogError
 from broker.entity_settings import SettingsError
@@ -36,9 +36,9 @@ class Roles:
 async def ensure_operator_token(rt: Runtime) -> str | None:
     """On an empty store, create a first operator token and save it (0600) in the data dir."""
     async with rt.db.begin() as conn:
-        if await registry.has_tokens(conn):
+        if await accounts.has_tokens(conn):
             return None
-        token = await registry.create_token(conn, registry.OPERATOR, label="bootstrap")
+        token = await accounts.create_token(conn, accounts.OPERATOR, label="bootstrap")
     path = rt.settings.data_dir / "operator.token"
     path.touch(mode=0o600)
     path.write_text(token + "\n")
@@ -58,7 +58,7 @@ async def run(settings: Settings, roles: Roles, *,
                          "set DEMAT_AMQP_URL (and DEMAT_DATABASE_URL)")
     try:
         rt = await Runtime.open(settings, catalog())
-    except (CatalogError, SettingsError, registry.InvalidEntity) as exc:
+    except (CatalogError, SettingsError, accounts.InvalidEntity) as exc:
         # A flow step without its connector, or an entity's bad settings: say which, stop.
         raise SystemExit(f"cannot start: {exc}") from exc
     async with AsyncExitStack() as stack:

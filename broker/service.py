@@ -21,8 +21,9 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from broker import accounts, journal
 from broker import engine as eng
-from broker import journal, registry
+from broker.accounts import Principal
 from broker.batch import Batcher
 from broker.blobs import Staged
 from broker.connector import ClassificationSource
@@ -30,7 +31,6 @@ from broker.flows.base import Flow, Intake, Problem, UploadedFile
 from broker.ids import new_id, siren_problem
 from broker.metrics import DOCUMENTS_SUBMITTED
 from broker.outcomes import StepError
-from broker.registry import Principal
 from broker.runtime import Runtime, now
 from broker.store import classifications, reads
 from broker.store import documents as docs
@@ -134,7 +134,7 @@ async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: st
     async with AsyncExitStack() as stack:
         store = _LazyConnection(rt, stack)
         if entity and not rt.known_entities.has(entity):
-            if await registry.get_entity(await store.conn(), entity) is None:
+            if await accounts.get_entity(await store.conn(), entity) is None:
                 problems.append(Problem("entity", f"unknown entity {entity}"))
                 entity = None
             else:
@@ -298,7 +298,7 @@ async def refresh_classification(rt: Runtime, who: Principal, entity: str,
         raise ServiceError(500, f"connector {flow.classification_from} cannot fetch "
                            "classifications")
     async with rt.db.connect() as conn:
-        row = await registry.get_entity(conn, entity)
+        row = await accounts.get_entity(conn, entity)
     if row is None:
         raise not_found(f"entity {entity}")
     config = row.connectors.get(rt.connectors[flow.classification_from].settings_key, {})

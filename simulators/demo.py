@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from broker import registry
+from broker import accounts
 from broker.serve import Roles, run
 from broker.settings import Settings
 from broker.store.db import make_engine
@@ -83,10 +83,10 @@ async def _prepare(settings: Settings, connectors: dict[str, Any]) -> tuple[str,
     engine = make_engine(settings.db_url)
     try:
         async with engine.begin() as conn:
-            await registry.upsert_entity(conn, SAMPLE_ENTITY, SAMPLE_NAME, connectors,
+            await accounts.upsert_entity(conn, SAMPLE_ENTITY, SAMPLE_NAME, connectors,
                                         catalog().settings)
-            operator = await registry.create_token(conn, registry.OPERATOR, label="demo")
-            entity = await registry.create_token(conn, registry.ENTITY, SAMPLE_ENTITY, "demo")
+            operator = await accounts.create_token(conn, accounts.OPERATOR, label="demo")
+            entity = await accounts.create_token(conn, accounts.ENTITY, SAMPLE_ENTITY, "demo")
     finally:
         await engine.dispose()
     return operator, entity

@@ -12,13 +12,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from broker import entities, registry, service
+from broker import accounts, entities, service
+from broker.accounts import Principal
 from broker.api import models, openapi
 from broker.blobs import TooLarge
 from broker.flows.base import Problem
 from broker.metrics import DOCUMENTS_BY_STATE, INTAKE_REFUSED
 from broker.multipart import MultipartReader
-from broker.registry import Principal
 from broker.runtime import Runtime
 from broker.service import ServiceError, StagedPart
 from broker.sniff import sniff
@@ -53,11 +53,11 @@ class TokenCache:
         self._seen: TtlCache[Principal | None] = TtlCache(TOKEN_CACHE_SECONDS)
 
     async def principal(self, rt: Runtime, token: str) -> Principal | None:
-        key = registry.hash_token(token)
+        key = accounts.hash_token(token)
         if self._seen.has(key):
             return self._seen.get(key)
         async with rt.db.connect() as conn:
-            who = await registry.authenticate(conn, token)
+            who = await accounts.authenticate(conn, token)
         self._seen.put(key, who)
         return who
 

@@ -37,7 +37,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from click.testing import CliRunner
 
-from broker import registry
+from broker import accounts
 from broker.cli import main as demat_cli
 from broker.flows.actes import SIGNATURE_POLLS
 from broker.runtime import Runtime
@@ -95,7 +95,7 @@ async def prepare_store(db_url: str) -> str:
     engine = make_engine(db_url)
     try:
         async with engine.begin() as conn:
-            token: str = await registry.create_token(conn, registry.OPERATOR, label="e2e")
+            token: str = await accounts.create_token(conn, accounts.OPERATOR, label="e2e")
     finally:
         await engine.dispose()
     return token
@@ -678,8 +678,8 @@ async def intaker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Int
     rt = await Runtime.open(Settings(data_dir=data_dir), catalog())
     current = factory.classification(dt.date(2024, 1, 15))
     async with rt.db.begin() as conn:
-        await registry.upsert_entity(conn, ENTITY, "Commune de Test", {}, catalog().settings)
-        token = await registry.create_token(conn, registry.OPERATOR)
+        await accounts.upsert_entity(conn, ENTITY, "Commune de Test", {}, catalog().settings)
+        token = await accounts.create_token(conn, accounts.OPERATOR)
         await classifications.put(
             conn,
             ENTITY,

@@ -7,8 +7,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from broker import accounts
 from broker import engine as eng
-from broker import registry
 from broker.runtime import Runtime, now
 from broker.settings import Settings
 from broker.store import documents as docs
@@ -22,7 +22,7 @@ async def open_runtime(database_url: str | None, data_dir: Path, **settings: Any
     runtime = await Runtime.open(
         Settings(data_dir=data_dir, database_url=database_url, **settings), catalog())
     async with runtime.db.begin() as conn:
-        await registry.upsert_entity(conn, ENTITY, "Commune", {"depot": {"url": "http://x"}},
+        await accounts.upsert_entity(conn, ENTITY, "Commune", {"depot": {"url": "http://x"}},
                                      runtime.catalog.settings)
     return runtime
 

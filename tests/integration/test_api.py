@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from broker import registry
+from broker import accounts
 from broker.api.app import build_app
 from broker.runtime import Runtime
 from broker.settings import Settings
@@ -57,11 +57,11 @@ async def api(tmp_path: Path) -> AsyncIterator[Client]:
     settings = Settings(data_dir=tmp_path / "data", max_upload=1024 * 1024)
     rt = await Runtime.open(settings, catalog())
     async with rt.db.begin() as conn:
-        await registry.upsert_entity(conn, ENTITY, "Commune A", {}, catalog().settings)
-        await registry.upsert_entity(conn, OTHER, "Commune B", {}, catalog().settings)
-        tokens = {"operator": await registry.create_token(conn, registry.OPERATOR),
-                  "entity": await registry.create_token(conn, registry.ENTITY, ENTITY),
-                  "other": await registry.create_token(conn, registry.ENTITY, OTHER)}
+        await accounts.upsert_entity(conn, ENTITY, "Commune A", {}, catalog().settings)
+        await accounts.upsert_entity(conn, OTHER, "Commune B", {}, catalog().settings)
+        tokens = {"operator": await accounts.create_token(conn, accounts.OPERATOR),
+                  "entity": await accounts.create_token(conn, accounts.ENTITY, ENTITY),
+                  "other": await accounts.create_token(conn, accounts.ENTITY, OTHER)}
     async with served(rt) as client:
         yield Client(client, rt, tokens)
 
@@ -223,8 +223,8 @@ async def test_a_150_mib_upload_streams_with_flat_memory(tmp_path: Path) -> None
     settings = Settings(data_dir=tmp_path / "data")
     rt = await Runtime.open(settings, catalog())
     async with rt.db.begin() as conn:
-        await registry.upsert_entity(conn, ENTITY, "Commune A", {}, catalog().settings)
-        token = await registry.create_token(conn, registry.OPERATOR)
+        await accounts.upsert_entity(conn, ENTITY, "Commune A", {}, catalog().settings)
+        token = await accounts.create_token(conn, accounts.OPERATOR)
     client = TestClient(TestServer(build_app(rt)))
     await client.start_server()
 

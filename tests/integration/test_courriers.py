@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from broker import registry, service
+from broker import accounts, service
+from broker.accounts import Principal
 from broker.engine import TERMINAL
 from broker.ingest import Ingestor
-from broker.registry import Principal
 from broker.relay import Relay
 from broker.runtime import Runtime
 from broker.service import ServiceError
@@ -29,7 +29,7 @@ from simulators.samples import simple_pdf
 from simulators.tdt import CertFiles, build_app, ensure_certs, serving_tls
 
 ENTITY = "214400152"  # the simulator's authority
-OPERATOR = Principal("t", registry.OPERATOR, None)
+OPERATOR = Principal("t", accounts.OPERATOR, None)
 
 
 @dataclass
@@ -60,7 +60,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
                             retry_ladder="100ms,100ms", ingest_interval="1h")
         rt = await Runtime.open(settings, catalog())
         async with rt.db.begin() as conn:
-            await registry.upsert_entity(conn, ENTITY, "Commune", {"tdt": {
+            await accounts.upsert_entity(conn, ENTITY, "Commune", {"tdt": {
                 "url": url, "cert": str(certs.client_cert), "key": str(certs.client_key),
                 "ca": str(certs.ca), "poll_after": 1}}, rt.catalog.settings)
         relay, worker = Relay(rt), Worker(rt)

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from broker import registry
+from broker import accounts
 from broker.api.openapi import build as openapi
 from broker.runtime import Runtime
 from broker.settings import Settings
@@ -40,9 +40,9 @@ class Client:
 async def api(tmp_path: Path) -> AsyncIterator[Client]:
     rt = await Runtime.open(Settings(data_dir=tmp_path / "data"), catalog())
     async with rt.db.begin() as conn:
-        await registry.upsert_entity(conn, ENTITY, "Commune A", {}, rt.catalog.settings)
-        tokens = {"operator": await registry.create_token(conn, registry.OPERATOR),
-                  "entity": await registry.create_token(conn, registry.ENTITY, ENTITY)}
+        await accounts.upsert_entity(conn, ENTITY, "Commune A", {}, rt.catalog.settings)
+        tokens = {"operator": await accounts.create_token(conn, accounts.OPERATOR),
+                  "entity": await accounts.create_token(conn, accounts.ENTITY, ENTITY)}
     async with served(rt) as client:
         yield Client(client, rt, tokens)
 
@@ -70,7 +70,7 @@ async def test_an_operator_adds_reads_changes_and_removes_an_entity(api: Client)
     assert changed["connectors"]["sae"]["login"] == "demat2"
     assert changed["connectors"]["depot"]["timeout"] == 30.0  # back to the default
     async with api.rt.db.connect() as conn:
-        row = await registry.get_entity(conn, NEW)
+        row = await accounts.get_entity(conn, NEW)
     assert row.connectors["sae"]["password"] == "hunter2"
     assert "timeout" not in row.connectors["depot"]
 
@@ -99,7 +99,7 @@ async def test_bad_settings_are_refused_naming_connector_and_field(api: Client) 
                                                                 "name": "x"})
     assert status == 422 and body["problems"][0]["field"] == "siren", body
     async with api.rt.db.connect() as conn:
-        assert (await registry.get_entity(conn, ENTITY)).connectors == {}
+        assert (await accounts.get_entity(conn, ENTITY)).connectors == {}
 
 
 async def test_secrets_never_come_back(api: Client) -> None:

@@ -16,12 +16,12 @@ import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel
 
+from broker import accounts, service
 from broker import engine as eng
-from broker import registry, service
+from broker.accounts import Principal
 from broker.catalog import Catalog
 from broker.connector import ConnectorSettings, Done, Outcome, Pending, StepContext
 from broker.flows.base import FileRule, Flow, Step
-from broker.registry import Principal
 from broker.relay import Relay
 from broker.runtime import Runtime, now
 from broker.settings import Settings
@@ -84,7 +84,7 @@ async def rt(servers: tuple[str | None, str | None], tmp_path: Path) -> AsyncIte
 
 async def test_a_new_flow_and_connector_run_a_document_end_to_end(rt: Runtime) -> None:
     async with rt.db.begin() as conn:
-        await registry.upsert_entity(conn, ENTITY, "Commune", {"echo": {"suffix": " !"}},
+        await accounts.upsert_entity(conn, ENTITY, "Commune", {"echo": {"suffix": " !"}},
                                      rt.catalog.settings)
     doc = eng.Doc(docs.new_id(), "echoes", eng.QUEUED, None, 0, {"greeting": "bonjour"})
     start = eng.start(ECHOES, doc, now(), "test")
@@ -120,8 +120,8 @@ async def test_a_new_flow_and_connector_run_a_document_end_to_end(rt: Runtime) -
         await asyncio.wait_for(both.wait(), 10)
         assert [(key, body["id"], body["state"]) for key, body in seen] == [
             ("echoes.waiting", doc.id, "waiting"), ("echoes.completed", doc.id, "completed")]
-        operator = Principal("t", registry.OPERATOR, None)
-        other = Principal("t", registry.ENTITY, "200000008")
+        operator = Principal("t", accounts.OPERATOR, None)
+        other = Principal("t", accounts.ENTITY, "200000008")
         recent = await service.recent_events(rt, operator, flow="echoes")
         assert [e["routing_key"] for e in recent["items"]] == ["echoes.waiting",
                                                                "echoes.completed"]
@@ -136,5 +136,5 @@ async def test_a_new_flow_and_connector_run_a_document_end_to_end(rt: Runtime) -
 async def test_its_settings_are_checked_when_saved(rt: Runtime) -> None:
     with pytest.raises(ValueError, match=rf"entity {ENTITY}: connectors.echo.sufix: unknown"):
         async with rt.db.begin() as conn:
-            await registry.upsert_entity(conn, ENTITY, "Commune", {"echo": {"sufix": "?"}},
+            await accounts.upsert_entity(conn, ENTITY, "Commune", {"echo": {"sufix": "?"}},
                                          rt.catalog.settings)

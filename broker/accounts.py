@@ -1,4 +1,4 @@
-"""Entities (authorities) and API tokens."""
+"""Who may use the broker: entities (authorities) and the API tokens that act for them."""
 
 from __future__ import annotations
 
