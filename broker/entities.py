@@ -18,10 +18,10 @@ from broker.accounts import Principal
 from broker.connector import Checkable
 from broker.engine import iso
 from broker.entity_settings import SettingsError
+from broker.errors import ServiceError, not_found
 from broker.flows.base import Problem
 from broker.outcomes import StepError
 from broker.runtime import Runtime, now
-from broker.service import ServiceError, not_found
 from broker.store import entities as stored
 from broker.store import journal as stored_journal
 

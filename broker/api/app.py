@@ -12,15 +12,16 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from broker import accounts, entities, service
+from broker import accounts, entities, intake, operations, views
 from broker.accounts import Principal
 from broker.api import models, openapi
 from broker.blobs import TooLarge
+from broker.errors import ServiceError
 from broker.flows.base import Problem
+from broker.intake import StagedPart
 from broker.metrics import DOCUMENTS_BY_STATE, INTAKE_REFUSED
 from broker.multipart import MultipartReader
 from broker.runtime import Runtime
-from broker.service import ServiceError, StagedPart
 from broker.sniff import sniff
 from broker.store import documents as docs
 from broker.store.db import ping
@@ -142,7 +143,7 @@ async def submit(request: web.Request) -> web.Response:
             declared = part.content_type or "application/octet-stream"
             parts.append(StagedPart(name, part.filename or name,
                                     sniff(staged.head).media_type or declared, staged))
-        result = await service.submit(rt, _who(request), fields.get("flow"),
+        result = await intake.submit(rt, _who(request), fields.get("flow"),
                                       fields.get("entity"), fields.get("metadata"), parts,
                                       key)
     except ServiceError:
@@ -169,13 +170,13 @@ def _int(request: web.Request, name: str, default: int) -> int:
 
 
 async def get_document(request: web.Request) -> web.Response:
-    return web.json_response(await service.get_document(_rt(request), _who(request),
+    return web.json_response(await views.get_document(_rt(request), _who(request),
                                                         request.match_info["id"]))
 
 
 async def list_documents(request: web.Request) -> web.Response:
     q = request.query
-    page = await service.list_documents(
+    page = await views.list_documents(
         _rt(request), _who(request), entity=q.get("entity"), flow=q.get("flow"),
         state=q.get("state"), limit=_int(request, "limit", 100), cursor=q.get("cursor"))
     return web.json_response(page)
@@ -183,7 +184,7 @@ async def list_documents(request: web.Request) -> web.Response:
 
 async def get_file(request: web.Request) -> web.StreamResponse:
     rt = _rt(request)
-    row = await service.file_of(rt, _who(request), request.match_info["id"],
+    row = await views.file_of(rt, _who(request), request.match_info["id"],
                                 request.match_info["file_id"])
     return web.FileResponse(rt.blobs.path(row.sha256), headers={
         "Content-Type": row.content_type,
@@ -192,34 +193,34 @@ async def get_file(request: web.Request) -> web.StreamResponse:
 
 
 async def get_journal(request: web.Request) -> web.Response:
-    return web.json_response(await service.journal_of(_rt(request), _who(request),
+    return web.json_response(await views.journal_of(_rt(request), _who(request),
                                                       request.match_info["id"]))
 
 
 async def retry(request: web.Request) -> web.Response:
-    return web.json_response(await service.retry(_rt(request), _who(request),
+    return web.json_response(await operations.retry(_rt(request), _who(request),
                                                  request.match_info["id"]))
 
 
 async def cancel(request: web.Request) -> web.Response:
-    return web.json_response(await service.cancel(_rt(request), _who(request),
+    return web.json_response(await operations.cancel(_rt(request), _who(request),
                                                   request.match_info["id"]))
 
 
 async def action(request: web.Request) -> web.Response:
-    return web.json_response(await service.perform(_rt(request), _who(request),
+    return web.json_response(await operations.perform(_rt(request), _who(request),
                                                    request.match_info["id"],
                                                    request.match_info["action"]))
 
 
 async def get_classification(request: web.Request) -> web.Response:
-    return web.json_response(await service.classification_of(
+    return web.json_response(await views.classification_of(
         _rt(request), _who(request), request.match_info["siren"],
         request.query.get("flow", "actes")))
 
 
 async def refresh_classification(request: web.Request) -> web.Response:
-    return web.json_response(await service.refresh_classification(
+    return web.json_response(await operations.refresh_classification(
         _rt(request), _who(request), request.match_info["siren"],
         request.query.get("flow", "actes")))
 
@@ -269,14 +270,14 @@ async def check_connector(request: web.Request) -> web.Response:
 
 async def recent_events(request: web.Request) -> web.Response:
     q = request.query
-    return web.json_response(await service.recent_events(
+    return web.json_response(await views.recent_events(
         _rt(request), _who(request), after=_int(request, "after", 0),
         limit=_int(request, "limit", 100), entity=q.get("entity"), flow=q.get("flow")))
 
 
 async def parking(request: web.Request) -> web.Response:
     q = request.query
-    return web.json_response(await service.parking(
+    return web.json_response(await views.parking(
         _rt(request), _who(request), entity=q.get("entity"), flow=q.get("flow"),
         limit=_int(request, "limit", 100), cursor=q.get("cursor")))
 
@@ -284,7 +285,7 @@ async def parking(request: web.Request) -> web.Response:
 async def replay(request: web.Request) -> web.Response:
     body = await _body(request, models.ReplayIn)
     ids = [*body.ids, *([body.id] if body.id else [])]
-    return web.json_response(await service.replay(
+    return web.json_response(await operations.replay(
         _rt(request), _who(request), ids=ids, entity=body.entity, flow=body.flow,
         step=body.step, error=body.error, all_parked=body.all, limit=body.limit))
 

@@ -13,13 +13,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from broker import accounts, service
+from broker import accounts, intake, operations, views
 from broker.accounts import Principal
 from broker.engine import TERMINAL
+from broker.errors import ServiceError
 from broker.ingest import Ingestor
 from broker.relay import Relay
 from broker.runtime import Runtime
-from broker.service import ServiceError
 from broker.settings import Settings
 from broker.store import journal as stored_journal
 from broker.wiring import catalog
@@ -78,8 +78,8 @@ async def submit_act(rt: Runtime, numero: str, **meta: Any) -> dict[str, Any]:
     staged = await rt.blobs.stage(_chunks(simple_pdf([f"Délibération {numero}"])), 1 << 20)
     metadata = {"nature": "DE", "numero": numero, "date": "2024-03-01",
                 "objet": "Vente d'un terrain communal", "classification": "1.1", **meta}
-    submitted = await service.submit(rt, OPERATOR, "actes", ENTITY, json.dumps(metadata), [
-        service.StagedPart("acte", f"{numero}.pdf", "application/pdf", staged)])
+    submitted = await intake.submit(rt, OPERATOR, "actes", ENTITY, json.dumps(metadata), [
+        intake.StagedPart("acte", f"{numero}.pdf", "application/pdf", staged)])
     return submitted.document
 
 
@@ -90,7 +90,7 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 async def wait_state(rt: Runtime, document_id: str, timeout: float = 15) -> dict[str, Any]:
     async with asyncio.timeout(timeout):
         while True:
-            doc = await service.get_document(rt, OPERATOR, document_id)
+            doc = await views.get_document(rt, OPERATOR, document_id)
             if doc["state"] in TERMINAL:
                 return doc
             await asyncio.sleep(0.05)
@@ -98,7 +98,7 @@ async def wait_state(rt: Runtime, document_id: str, timeout: float = 15) -> dict
 
 async def test_an_act_is_acknowledged_then_its_courrier_is_ingested_once(stack: Stack) -> None:
     rt = stack.rt
-    refreshed = await service.refresh_classification(rt, OPERATOR, ENTITY, "actes")
+    refreshed = await operations.refresh_classification(rt, OPERATOR, ENTITY, "actes")
     assert refreshed["version_date"] == "2024-01-15"
     act = await wait_state(rt, (await submit_act(rt, "2024_042"))["id"])
     assert act["state"] == "completed", act
@@ -111,24 +111,24 @@ async def test_an_act_is_acknowledged_then_its_courrier_is_ingested_once(stack: 
     async with aiohttp.ClientSession() as http:
         assert await ingestor.pass_once(http) == 1
         assert await ingestor.pass_once(http) == 0  # marked read at the TdT
-    page = await service.list_documents(rt, OPERATOR, flow="actes-courrier")
+    page = await views.list_documents(rt, OPERATOR, flow="actes-courrier")
     (letter,) = page["items"]
     assert letter["state"] == "completed" and letter["metadata"]["related_document"] == act["id"]
     assert letter["metadata"]["code"] == "4-1" and letter["metadata"]["type"] == "4"
-    full = await service.get_document(rt, OPERATOR, letter["id"])
+    full = await views.get_document(rt, OPERATOR, letter["id"])
     assert {"archive", "message", "courrier"} <= {f["role"] for f in full["files"]}
-    act_journal = await service.journal_of(rt, OPERATOR, act["id"])
+    act_journal = await views.journal_of(rt, OPERATOR, act["id"])
     assert any(e["kind"] == "incoming" and e["document"] == letter["id"] for e in act_journal)
     assert (await stored_journal.verify(rt.db)).ok
 
 
 async def test_an_acknowledged_act_can_be_cancelled(stack: Stack) -> None:
     rt = stack.rt
-    await service.refresh_classification(rt, OPERATOR, ENTITY, "actes")
+    await operations.refresh_classification(rt, OPERATOR, ENTITY, "actes")
     act = await wait_state(rt, (await submit_act(rt, "2024_043"))["id"])
     with pytest.raises(ServiceError, match="no action 'purger'"):
-        await service.perform(rt, OPERATOR, act["id"], "purger")
-    await service.perform(rt, OPERATOR, act["id"], "annuler")
+        await operations.perform(rt, OPERATOR, act["id"], "purger")
+    await operations.perform(rt, OPERATOR, act["id"], "annuler")
     cancelled = await wait_state(rt, act["id"])
     assert cancelled["state"] == "completed", cancelled
     assert cancelled["metadata"]["annulation"]["id_acte"] == act["metadata"]["id_acte"]
@@ -138,25 +138,25 @@ async def test_an_acknowledged_act_can_be_cancelled(stack: Stack) -> None:
 
 async def test_an_outdated_classification_is_refused_at_intake(stack: Stack) -> None:
     rt = stack.rt
-    await service.refresh_classification(rt, OPERATOR, ENTITY, "actes")
+    await operations.refresh_classification(rt, OPERATOR, ENTITY, "actes")
     with pytest.raises(ServiceError) as refused:
         await submit_act(rt, "2024_044", classification="9.9.9")
     assert refused.value.status == 422
     assert [p.field for p in refused.value.problems] == ["metadata.classification"]
     assert "2024-01-15" in refused.value.problems[0].message
-    assert (await service.list_documents(rt, OPERATOR))["items"] == []
+    assert (await views.list_documents(rt, OPERATOR))["items"] == []
     assert [p for p in rt.settings.blob_dir.rglob("*") if p.is_file()] == []
     assert [p for p in rt.settings.tmp_dir.rglob("*") if p.is_file()] == []
 
 
 async def test_a_number_is_used_once_per_entity_until_the_act_is_refused(stack: Stack) -> None:
     rt = stack.rt
-    await service.refresh_classification(rt, OPERATOR, ENTITY, "actes")
+    await operations.refresh_classification(rt, OPERATOR, ENTITY, "actes")
     first = await submit_act(rt, "2024_045")
     with pytest.raises(ServiceError) as refused:
         await submit_act(rt, "2024_045")
     assert refused.value.problems[0].field == "metadata.numero"
     assert first["id"] in refused.value.problems[0].message
-    await service.cancel(rt, OPERATOR, first["id"])
+    await operations.cancel(rt, OPERATOR, first["id"])
     again = await submit_act(rt, "2024_045")
     assert again["id"] != first["id"]

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from broker import accounts, service
+from broker import accounts, views
 from broker import engine as eng
 from broker.accounts import Principal
 from broker.catalog import Catalog
@@ -122,11 +122,11 @@ async def test_a_new_flow_and_connector_run_a_document_end_to_end(rt: Runtime) -
             ("echoes.waiting", doc.id, "waiting"), ("echoes.completed", doc.id, "completed")]
         operator = Principal("t", accounts.OPERATOR, None)
         other = Principal("t", accounts.ENTITY, "200000008")
-        recent = await service.recent_events(rt, operator, flow="echoes")
+        recent = await views.recent_events(rt, operator, flow="echoes")
         assert [e["routing_key"] for e in recent["items"]] == ["echoes.waiting",
                                                                "echoes.completed"]
-        assert (await service.recent_events(rt, other))["items"] == []
-        later = await service.recent_events(rt, operator, after=recent["items"][0]["id"])
+        assert (await views.recent_events(rt, other))["items"] == []
+        later = await views.recent_events(rt, operator, after=recent["items"][0]["id"])
         assert [(e["document"], e["state"]) for e in later["items"]] == [(doc.id, "completed")]
     finally:
         await worker.stop()

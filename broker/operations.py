@@ -1,0 +1,119 @@
+"""What operators do to documents: retry, cancel, a flow's action, replay from parking,
+and fetching an entity's classification from its peer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from broker import accounts, journal
+from broker import engine as eng
+from broker.accounts import Principal
+from broker.connector import ClassificationSource
+from broker.errors import ServiceError, not_found
+from broker.flows.base import Problem
+from broker.outcomes import StepError
+from broker.runtime import Runtime, now
+from broker.store import classifications, reads
+from broker.store import documents as docs
+from broker.store import journal as stored_journal
+from broker.views import classification_of, get_document, visible_document
+
+MAX_REPLAY_BATCH = 1000
+
+
+async def refresh_classification(rt: Runtime, who: Principal, entity: str,
+                                 flow_name: str) -> dict[str, Any]:
+    """Ask the flow's peer for the entity's current classification and keep it."""
+    flow = rt.flows.get(flow_name)
+    if flow is None or flow.classification_from is None:
+        raise ServiceError(422, f"flow {flow_name!r} has no classification",
+                           [Problem("flow", "a flow with a classification, e.g. actes")])
+    if not who.may_see(entity):
+        raise not_found(f"entity {entity}")
+    source = rt.connectors.get(flow.classification_from)
+    if not isinstance(source, ClassificationSource):
+        raise ServiceError(500, f"connector {flow.classification_from} cannot fetch "
+                           "classifications")
+    async with rt.db.connect() as conn:
+        row = await accounts.get_entity(conn, entity)
+    if row is None:
+        raise not_found(f"entity {entity}")
+    config = row.connectors.get(rt.connectors[flow.classification_from].settings_key, {})
+    try:
+        async with aiohttp.ClientSession() as http:
+            version_date, data = await source.fetch_classification(config, http)
+    except StepError as exc:
+        raise ServiceError(502, f"{flow.classification_from}: {exc}") from exc
+    async with rt.db.begin() as conn:
+        await classifications.put(conn, entity, flow_name, version_date, data, now())
+        await stored_journal.append(conn, [journal.Entry(
+            "operator", {"action": "classification", "entity": entity, "flow": flow_name,
+                         "version_date": version_date}, None, who.actor)], now())
+    return await classification_of(rt, who, entity, flow_name)
+
+
+async def _operate(rt: Runtime, who: Principal, document_id: str, action: str) -> dict[str, Any]:
+    await visible_document(rt, who, document_id)
+    t = now()
+    async with rt.db.begin() as conn:
+        row = await docs.lock_document(conn, document_id)
+        assert row is not None
+        doc = docs.doc_of(row)
+        flow = rt.flows[doc.flow]
+        try:
+            if action == "cancel":
+                transition = eng.cancel(doc, t, who.actor)
+            elif action in ("retry", "replay"):
+                transition = eng.retry(flow, doc, t, who.actor, action)
+            else:
+                transition = eng.act(flow, doc, action, t, who.actor)
+        except eng.NotAllowed as exc:
+            raise ServiceError(409, str(exc)) from exc
+        await docs.cancel_open_jobs(conn, document_id, t, f"superseded by {action}")
+        await docs.write_transition(conn, doc, row.entity, transition, t)
+    rt.notifier.notify()
+    return await get_document(rt, who, document_id)
+
+
+async def perform(rt: Runtime, who: Principal, document_id: str,
+                  action: str) -> dict[str, Any]:
+    """A flow's follow-up action on a completed document."""
+    return await _operate(rt, who, document_id, action)
+
+
+async def retry(rt: Runtime, who: Principal, document_id: str) -> dict[str, Any]:
+    return await _operate(rt, who, document_id, "retry")
+
+
+async def cancel(rt: Runtime, who: Principal, document_id: str) -> dict[str, Any]:
+    return await _operate(rt, who, document_id, "cancel")
+
+
+async def replay(rt: Runtime, who: Principal, *, ids: Sequence[str] = (),
+                 entity: str | None = None, flow: str | None = None, step: str | None = None,
+                 error: str | None = None, all_parked: bool = False,
+                 limit: int = 100) -> dict[str, Any]:
+    """Replay parked documents: by id, by filter, or all, at most ``limit`` at a time."""
+    if not who.is_operator:
+        raise ServiceError(403, "only operators may replay parked documents")
+    if not 1 <= limit <= MAX_REPLAY_BATCH:
+        raise ServiceError(422, f"limit must be between 1 and {MAX_REPLAY_BATCH}",
+                           [Problem("limit", f"between 1 and {MAX_REPLAY_BATCH}")])
+    filtered = any((entity, flow, step, error))
+    if not ids and not filtered and not all_parked:
+        raise ServiceError(422, "say what to replay: ids, a filter (entity, flow, step, error) "
+                           "or all=true", [Problem("body", "nothing selected")])
+    async with rt.db.connect() as conn:
+        chosen, remaining = await reads.parked_ids(conn, limit=limit, ids=ids, entity=entity,
+                                                   flow=flow, step=step, error=error)
+    replayed = []
+    for document_id in chosen:
+        try:
+            await _operate(rt, who, document_id, "replay")
+            replayed.append(document_id)
+        except ServiceError:
+            continue  # changed state meanwhile
+    return {"replayed": replayed, "count": len(replayed), "remaining": max(0, remaining)}
