@@ -308,6 +308,38 @@ def classification_refresh(siren: str, flow: str, api_url: str, token: str) -> N
     click.echo(f"{siren}: classification of {result['version_date']} kept")
 
 
+@entity.command("list")
+@click.option("--limit", type=int, default=100, show_default=True)
+@_api_options
+def entity_list(limit: int, api_url: str, token: str) -> None:
+    """Entities and the connectors each has settings for (through the API)."""
+    page = _run(_call(api_url, token, "GET", "/api/v1/entities", params={"limit": str(limit)}))
+    for item in page["items"]:
+        click.echo(f"{item['siren']}  {item['name']}  {', '.join(sorted(item['connectors']))}")
+    click.echo(f"{len(page['items'])} entities", err=True)
+
+
+@entity.command("show")
+@click.argument("siren")
+@_api_options
+def entity_show(siren: str, api_url: str, token: str) -> None:
+    """One entity's settings, secrets masked."""
+    _echo(_run(_call(api_url, token, "GET", f"/api/v1/entities/{siren}")))
+
+
+@entity.command("check")
+@click.argument("siren")
+@click.argument("connector")
+@_api_options
+def entity_check(siren: str, connector: str, api_url: str, token: str) -> None:
+    """Ask CONNECTOR's peer a harmless question with the entity's settings; exit 1 if it fails."""
+    found = _run(_call(api_url, token, "POST",
+                       f"/api/v1/entities/{siren}/connectors/{connector}/check"))
+    click.echo(f"{siren} {connector}: {'ok' if found['ok'] else 'FAILED'}: {found['detail']}")
+    if not found["ok"]:
+        sys.exit(1)
+
+
 @main.group()
 def parking() -> None:
     """Failed documents parked with their last error."""

@@ -85,6 +85,8 @@ async def check_target(target: HttpTarget | FolderTarget, http: aiohttp.ClientSe
         raise transient_from(exc, f"inbox {target.url}") from exc
     if status in (401, 403):
         raise PermanentError(f"inbox {target.url} refused the credentials (HTTP {status})")
+    if status in (404, 410):
+        raise PermanentError(f"no inbox at {target.url} (HTTP {status})")
     if status >= 500:
         raise TransientError(f"inbox {target.url} answered HTTP {status}")
     return f"inbox {target.url} answered HTTP {status}"

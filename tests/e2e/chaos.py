@@ -115,8 +115,8 @@ class Report:
 
     def summary(self) -> str:
         times = ", ".join(
-            f"{f.kind} {f.recovered_in:.1f}s" if f.recovered_in is not None else f"{f.kind} -"
-            for f in self.faults
+            f"{f.kind} ({f.detail}) {f.recovered_in:.1f}s" if f.recovered_in is not None
+            else f"{f.kind} -" for f in self.faults
         )
         worst = max((f.recovered_in or 0.0 for f in self.faults), default=0.0)
         return (
@@ -304,7 +304,7 @@ async def run_faults(plan: Plan, api: Api, workers: WorkerPool, intake: Intake,
 
     async def kill_worker() -> str:
         """SIGKILL the worker holding the most claimed jobs (any, if none is seen soon)."""
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             claimed = await workers.claimed()
             if claimed:

@@ -51,8 +51,10 @@ async def test_acts_and_deliveries_survive_broker_and_store_restarts(
     kinds = [f.kind for f in report.faults]
     assert kinds.count("worker-kill") == 1
     assert kinds.count("rabbitmq-stop") == 2 and kinds.count("postgresql-restart") == 2
-    # The kill took claimed jobs with it; they came back through the sweep, counted once.
-    assert report.recoveries >= 1 and report.crashes_counted >= 1
+    # Only the kill can count crashes (the restarts count none), each on a job it took down
+    # and the sweep gave back. (Whether it took one depends on whether the claim it aimed
+    # at was committed first: tests/e2e/test_crash.py and the poison test count those.)
+    assert report.crashes_counted == report.recoveries
 
 
 CRASH_LIMIT = 3

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from tests.e2e.conftest import ENTITY, OTHER_ENTITY, Stack
 from tests.e2e.harness import run_cli, set_faults, sim_stats
 
@@ -113,3 +115,15 @@ async def test_secrets_never_reach_answers_or_logs(stack: Stack) -> None:
     for secret in (token, password):
         assert secret not in str(answers)
         assert secret not in logs
+
+
+async def test_the_cli_lists_shows_and_checks_entities_through_the_api(stack: Stack) -> None:
+    env = {**stack.env, "DEMAT_API_URL": stack.url, "DEMAT_TOKEN": stack.token}
+    listed = run_cli(env, "entity", "list")
+    assert f"{ENTITY}  Commune de Test  depot" in listed
+    assert '"url"' in run_cli(env, "entity", "show", ENTITY)
+    checked = run_cli(env, "entity", "check", ENTITY, "depot")
+    assert checked.startswith(f"{ENTITY} depot: ok: inbox {stack.gf_url}/inbox answered HTTP")
+    with pytest.raises(RuntimeError, match=r"entity check .* failed \(1\)"):
+        # The other entity's inbox path does not exist on the simulator: a 404 is a refusal.
+        run_cli(env, "entity", "check", OTHER_ENTITY, "depot")
