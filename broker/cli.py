@@ -15,6 +15,7 @@ import aiohttp
 import click
 
 from broker import accounts, journal, logs
+from broker.catalog import Catalog
 from broker.entity_settings import SettingsError
 from broker.runtime import prepare_store
 from broker.serve import Roles, run
@@ -185,19 +186,22 @@ def entity_add(ctx: click.Context, siren: str, name: str, sets: tuple[str, ...])
             raise click.UsageError(f"--set {item!r}: expected CONNECTOR.KEY=VALUE")
         connectors.setdefault(connector, {})[setting] = value
 
+    built = catalog()
+
     async def go(conn: Any) -> None:
-        await accounts.upsert_entity(conn, siren, name, connectors, catalog().settings)
+        await accounts.upsert_entity(conn, siren, name, connectors, built.settings)
 
     try:
-        _with_store(_settings(ctx), go)
+        _with_store(_settings(ctx), go, built)
     except (accounts.InvalidEntity, SettingsError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"entity {siren} saved")
 
 
-def _with_store(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+def _with_store(settings: Settings, fn: Callable[[Any], Awaitable[T]],
+                built: Catalog | None = None) -> T:
     async def go() -> T:
-        engine = await prepare_store(settings, catalog())
+        engine = await prepare_store(settings, built or catalog())
         try:
             async with engine.begin() as conn:
                 return await fn(conn)

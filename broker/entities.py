@@ -24,8 +24,8 @@ from broker.outcomes import StepError
 from broker.runtime import Runtime, now
 from broker.store import entities as stored
 from broker.store import journal as stored_journal
+from broker.views import MAX_PAGE
 
-MAX_PAGE = 500
 CHECK_TIMEOUT = 30.0
 
 

@@ -29,7 +29,6 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
 
 
-OPEN = (JobState.SCHEDULED, JobState.PUBLISHED, JobState.RUNNING)
 ENDED = (JobState.DONE, JobState.PARKED, JobState.CANCELLED)
 
 

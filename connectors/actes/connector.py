@@ -57,7 +57,7 @@ from connectors.base import (
     StepContext,
     settings_of,
 )
-from connectors.s2low.client import tdt_settings
+from connectors.s2low.client import tdt_settings, wire_settings
 from connectors.s2low.settings import TdtAccount
 
 TRANSACTION_REF = "tdt_transaction"
@@ -76,16 +76,12 @@ LOOKUP_DAYS = 31
 DEFAULT_POLL = 30.0
 
 
-def _poll_after(config: Mapping[str, Any], entity: str) -> float:
-    return settings_of(TdtAccount, config, entity, "tdt").poll_after
-
-
 def _file_name(name: str) -> str:
     """A name S²LOW takes as is (it renames the files in the archive anyway)."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "fichier"
 
 
-def submission(ctx: StepContext) -> ActeSubmission:
+def submission(ctx: StepContext, en_attente: bool = False) -> ActeSubmission:
     """The create call's fields and files; PermanentError naming what is missing or wrong."""
     known = {k: v for k, v in ctx.metadata.items() if k in ActeMetadata.model_fields}
     try:
@@ -117,7 +113,7 @@ def submission(ctx: StepContext) -> ActeSubmission:
         acte=attach(acts[0]),
         annexes=tuple(attach(a) for a in annexes),
         type_pj=tuple(meta.annex_types(len(annexes))),
-        en_attente=settings_of(TdtAccount, ctx.config, ctx.entity, "tdt").en_attente,
+        en_attente=en_attente,
     )
 
 
@@ -197,11 +193,12 @@ class TdtActesConnector:
     async def run(self, ctx: StepContext) -> Outcome:
         if ctx.step not in self.steps:
             raise PermanentError(f"the tdt connector has no step {ctx.step!r}")
-        client = TdtClient(ctx.http, tdt_settings(ctx.config, ctx.entity))
-        poll = _poll_after(ctx.config, ctx.entity)
+        # The account is read once a run: endpoint, certificate, cadence, waiting mode.
+        account = settings_of(TdtAccount, ctx.config, ctx.entity, "tdt")
+        client = TdtClient(ctx.http, wire_settings(account, ctx.entity))
         if ctx.step == "transmit":
-            return await self._transmit(ctx, client, poll)
-        return await self._cancel(ctx, client, poll)
+            return await self._transmit(ctx, client, account)
+        return await self._cancel(ctx, client, account.poll_after)
 
     async def incoming(
         self, config: Mapping[str, Any], entity: str, http: aiohttp.ClientSession, workdir: Path
@@ -236,10 +233,12 @@ class TdtActesConnector:
 
     # -- transmit ------------------------------------------------------------------------
 
-    async def _transmit(self, ctx: StepContext, client: TdtClient, poll: float) -> Outcome:
+    async def _transmit(self, ctx: StepContext, client: TdtClient,
+                        account: TdtAccount) -> Outcome:
+        poll = account.poll_after
         transaction = ctx.refs.get(TRANSACTION_REF)
         if transaction is None:
-            act = submission(ctx)
+            act = submission(ctx, account.en_attente)
 
             async def look_up(since: dt.date | None) -> TransactionSummary | None:
                 return await client.find_transaction(

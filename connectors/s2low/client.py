@@ -55,7 +55,11 @@ class TdtSettings:
 
 def tdt_settings(config: Mapping[str, Any], entity: str | None) -> TdtSettings:
     """The entity's TdT endpoint and credentials, or a PermanentError naming what is wrong."""
-    account = settings_of(TdtAccount, config, entity, "tdt")
+    return wire_settings(settings_of(TdtAccount, config, entity, "tdt"), entity)
+
+
+def wire_settings(account: TdtAccount, entity: str | None) -> TdtSettings:
+    """What the client needs of an account already read (its secret read now)."""
     return TdtSettings(
         account.url.rstrip("/"),
         account.cert,
