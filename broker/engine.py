@@ -100,6 +100,8 @@ class Transition:
     park: bool = False
     # The current job runs again at this time (given back after a crash): no new job.
     requeued_at: float | None = None
+    # Facts that go with the transition's journal entry (e.g. the worker that took it).
+    about: dict[str, Any] = field(default_factory=dict)
 
     @property
     def next_due_at(self) -> float | None:
@@ -124,6 +126,7 @@ def _changed(doc: Doc, transition: Transition) -> Transition:
             "from": doc.state, "to": transition.state, "step": transition.step,
             **({"next_due_at": iso(transition.next_due_at)} if transition.next_due_at else {}),
             **({"reason": transition.last_error} if transition.last_error else {}),
+            **transition.about,
         }, doc.id))
     return transition
 
@@ -142,6 +145,15 @@ def start(flow: Flow, doc: Doc, now: float, actor: str) -> Transition:
         transition = Transition(QUEUED, plan[0], 1, _run_job(flow, plan[0], "run", 1, now),
                                 journal=[intake])
     return _changed(doc, transition)
+
+
+def claimed(doc: Doc, job: Job, worker: str) -> Transition:
+    """A worker took the job: the document runs its step (one journal entry names the worker).
+
+    A document already running (its claim taken over once its lease ran out, or the same
+    claim tried again after a store outage) stays as it is, with no new entry.
+    """
+    return _changed(doc, Transition(RUNNING, job.step, job.run, about={"worker": worker}))
 
 
 def apply(

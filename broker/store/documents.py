@@ -18,7 +18,7 @@ from broker import journal
 from broker.engine import CANCELLED, REJECTED, Doc, Job, Transition
 from broker.ids import new_id
 from broker.store import journal as stored_journal
-from broker.store.jobs import JobState
+from broker.store.job_state import JobState
 from broker.store.schema import documents, events, files, jobs
 
 # A refused or cancelled act never reached the préfecture: its number is free again.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,19 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import engine as eng
 from broker.store.db import padded
+from broker.store.documents import TransitionWrite, doc_of, job_of, write_transitions
+from broker.store.job_state import ENDED, JobState
 from broker.store.schema import documents, entities, files, jobs
 
-
-class JobState(StrEnum):
-    SCHEDULED = "scheduled"
-    PUBLISHED = "published"
-    RUNNING = "running"
-    DONE = "done"
-    PARKED = "parked"
-    CANCELLED = "cancelled"
-
-
-ENDED = (JobState.DONE, JobState.PARKED, JobState.CANCELLED)
+__all__ = ["ENDED", "Claimed", "JobState"]
 
 
 @dataclass(frozen=True)
@@ -51,15 +42,23 @@ async def claim(conn: AsyncConnection, job_ids: Iterable[str], worker: str, toke
         "until": now + lease})}
     if not job_rows:
         return Claimed({}, {}, {}, {})
-    # Mark the documents running and read them back in one statement.
-    doc_rows = {row.id: row for row in await conn.execute(_RUN_DOCUMENTS, {
-        "token": token, "now": now})}
+    # Documents after jobs, in id order: the claim's lock order since it has one.
+    locked = await lock_documents(conn, (j.document_id for j in job_rows.values()))
+    doc_rows = {doc_id: row for doc_id, row in locked.items() if row.state not in eng.TERMINAL}
     ended = [j.id for j in job_rows.values() if j.document_id not in doc_rows]
     if ended:
         await conn.execute(jobs.update().where(jobs.c.id.in_(padded(ended))).values(
             state=JobState.CANCELLED, finished_at=now, last_error="document no longer active"))
     if not doc_rows:
         return Claimed(job_rows, {}, {}, {})
+    # The document runs the step: a transition of the engine's, journaled like any other.
+    writes = []
+    for job in sorted(job_rows.values(), key=lambda j: j.document_id):
+        if (row := doc_rows.get(job.document_id)) is not None:
+            doc = doc_of(row)
+            writes.append(TransitionWrite(doc, row.entity, eng.claimed(doc, job_of(job), worker)))
+    await write_transitions(conn, writes, now)
+    doc_rows = {row.id: row for row in await conn.execute(_DOCUMENTS, {"ids": padded(doc_rows)})}
     file_rows: dict[str, list[Any]] = {}
     for f in await conn.execute(_FILES_OF, {"ids": padded(doc_rows)}):
         file_rows.setdefault(f.document_id, []).append(f)
@@ -129,11 +128,7 @@ _CLAIM = jobs.update().where(
 ).values(state=JobState.RUNNING, worker_id=sa.bindparam("worker"),
          claim_token=sa.bindparam("token"), lease_until=sa.bindparam("until")
          ).returning(*jobs.c)
-_RUN_DOCUMENTS = documents.update().where(
-    documents.c.id == jobs.c.document_id, jobs.c.claim_token == sa.bindparam("token"),
-    documents.c.state.not_in(eng.TERMINAL),
-).values(state=eng.RUNNING, step=jobs.c.step, run=jobs.c.run, next_due_at=None,
-         updated_at=sa.bindparam("now")).returning(*documents.c)
+_DOCUMENTS = sa.select(documents).where(documents.c.id.in_(sa.bindparam("ids", expanding=True)))
 _FILES_OF = sa.select(files).where(
     files.c.document_id.in_(sa.bindparam("ids", expanding=True))).order_by(files.c.id)
 _SETTINGS = sa.select(entities.c.siren, entities.c.connectors).where(

@@ -49,27 +49,33 @@ def replay(flow: Flow, history: dict[str, Any], settings: Settings) -> list[dict
     tries: list[AttemptRecord] = []
     rng = random.Random(0)
 
-    def take(transition: eng.Transition) -> None:
+    def take(transition: eng.Transition, *, same_job: bool = False) -> None:
         nonlocal doc, job
         written.extend({"kind": e.kind, **e.data} for e in transition.journal)
         doc = replace(doc, state=transition.state, step=transition.step, run=transition.run)
         if transition.next_job is not None:
             job = transition.next_job
-        elif transition.requeued_at is None:
+        elif transition.requeued_at is None and not same_job:
             job = None
+
+    def ran_job() -> eng.Job:
+        assert job is not None, "a step ran with no job scheduled"
+        return eng.Job(job.step, job.kind, job.run, job.polls, job.poll_deadline)
 
     def run(result: Any) -> None:
         nonlocal doc, tries
         assert job is not None, f"a step ran with no job scheduled: {result!r}"
-        doc = replace(doc, state=eng.RUNNING, step=job.step, run=job.run)  # the claim
-        ran = eng.Job(job.step, job.kind, job.run, job.polls, job.poll_deadline)
-        take(eng.apply(flow, doc, ran, result, t, policies, tries, rng))
+        if doc.state != eng.RUNNING:  # recorded before claims were journaled
+            doc = replace(doc, state=eng.RUNNING, step=job.step, run=job.run)
+        take(eng.apply(flow, doc, ran_job(), result, t, policies, tries, rng))
         tries = []
 
     for entry in history["journal"]:
         t += 1.0
         kind, data = entry["kind"], entry
-        if kind == "intake":
+        if kind == "transition" and data["to"] == eng.RUNNING:  # a worker took the job
+            take(eng.claimed(doc, ran_job(), data["worker"]), same_job=True)
+        elif kind == "intake":
             assert flow.plan(metadata) == data["plan"], "the plan of this document changed"
             take(eng.start(flow, doc, t, "replay"))
         elif kind == "attempt" and data.get("ok"):
@@ -87,11 +93,10 @@ def replay(flow: Flow, history: dict[str, Any], settings: Settings) -> list[dict
         elif kind == "error" and data.get("parked") and "crashes" not in data:
             run(TransientError(data["error"]))  # the run that spent the retry budget
         elif kind == "recovery" or (kind == "error" and "crashes" in data):
-            assert job is not None
             why = _COUNTED.sub("", data.get("reason", "").removesuffix("; step will run again"))
-            ran = eng.Job(job.step, job.kind, job.run, job.polls, job.poll_deadline)
             running = replace(doc, state=eng.RUNNING)
-            take(eng.given_back(running, ran, why, data["crashes"], settings.crash_limit, t))
+            take(eng.given_back(running, ran_job(), why, data["crashes"], settings.crash_limit,
+                                t))
         elif kind == "operator":
             action = data["action"]
             if action == "retry":
@@ -100,7 +105,7 @@ def replay(flow: Flow, history: dict[str, Any], settings: Settings) -> list[dict
                 take(eng.cancel(doc, t, "replay"))
             else:
                 take(eng.act(flow, replace(doc, metadata=metadata), action, t, "replay"))
-        # "transition" and any other entries are the engine's own: compared below.
+        # Other transitions and any other entries are the engine's own: compared below.
     return written
 
 

@@ -189,6 +189,17 @@ def test_each_poll_advances_the_cadence_by_one_step() -> None:
     assert retried.next_job is not None and retried.next_job.polls == job.polls
 
 
+def test_a_claim_is_a_journaled_transition_naming_the_worker() -> None:
+    t = eng.claimed(doc(eng.RETRYING, run=2), eng.Job("sign", "retry", 2), "host:12:W1")
+    assert (t.state, t.step, t.run, t.next_job, t.next_due_at, t.event) == (
+        eng.RUNNING, "sign", 2, None, None, "two.running")
+    assert [(e.kind, e.data) for e in t.journal] == [("transition", {
+        "from": "retrying", "to": "running", "step": "sign", "worker": "host:12:W1"})]
+    # Taken over (lease out) or the same claim tried again: no second entry, no event.
+    again = eng.claimed(doc(eng.RUNNING, run=2), eng.Job("sign", "retry", 2), "host:13:W2")
+    assert (again.state, again.journal, again.event) == (eng.RUNNING, [], None)
+
+
 def test_a_job_given_back_after_a_crash_runs_again_with_the_same_run() -> None:
     t = eng.given_back(doc(run=2), eng.Job("sign", "retry", 2), "worker w1 stopped mid-step",
                        crashes=1, limit=3, now=NOW)
