@@ -214,13 +214,14 @@ async def submit_paced(
 
 
 async def wait_completed(
-    api: aiohttp.ClientSession, url: str, ids: Sequence[str], timeout: float
+    api: aiohttp.ClientSession, url: str, ids: Sequence[str], timeout: float,
+    flow: str = "actes",
 ) -> list[dict[str, Any]]:
-    """The acts once all ended (one listing per second: the API is barely loaded)."""
+    """The documents once all ended (one listing per second: the API is barely loaded)."""
     deadline = time.monotonic() + timeout
     wanted = set(ids)
     while True:
-        params = {"flow": "actes", "limit": "500"}
+        params = {"flow": flow, "limit": "500"}
         async with api.get(f"{url}/api/v1/documents", params=params) as resp:
             docs = [d for d in (await resp.json())["items"] if d["id"] in wanted]
         ended = [d for d in docs if d["state"] in ("completed", "rejected", "failed")]
@@ -343,8 +344,10 @@ async def bench(args: argparse.Namespace) -> bool:
                 aiohttp.ClientSession() as plain,
             ):
                 async with api.post(f"{url}/api/v1/entities/{ENTITY}/classification") as resp:
-                    if resp.status != 200:
+                    if resp.status != 202:
                         raise RuntimeError(f"classification refresh: {await resp.text()}")
+                    fetch = (await resp.json())["id"]
+                await wait_completed(api, url, [fetch], 30, flow="classification")
                 reference = await baseline(tls, tdt_url, BASELINE_TRIES)
                 seen = Watch()
                 watchers = [

@@ -65,6 +65,9 @@ class Catalog:
                                     f"{step.connector!r} does not serve it (it serves {served})")
                 else:
                     problems += _option_problems(flow, step, found)
+            if flow.classification_by and flow.classification_by not in by_flow:
+                problems.append(f"flow {flow.name}: its classification comes from flow "
+                                f"{flow.classification_by!r}, which is not in the catalog")
         if problems:
             raise CatalogError("; ".join(problems))
         try:

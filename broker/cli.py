@@ -15,6 +15,7 @@ import aiohttp
 import click
 
 from broker import accounts, journal, logs
+from broker import engine as eng
 from broker.catalog import Catalog
 from broker.entity_settings import SettingsError
 from broker.runtime import prepare_store
@@ -304,12 +305,46 @@ def classification() -> None:
 @classification.command("refresh")
 @click.argument("siren")
 @click.option("--flow", default="actes", show_default=True)
+@click.option("--wait", "wait_for", default=60.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for the fetch to end (0: do not wait).")
 @_api_options
-def classification_refresh(siren: str, flow: str, api_url: str, token: str) -> None:
-    """Fetch the entity's current classification from its peer and keep it."""
-    result = _run(_call(api_url, token, "POST", f"/api/v1/entities/{siren}/classification",
-                        params={"flow": flow}))
-    click.echo(f"{siren}: classification of {result['version_date']} kept")
+def classification_refresh(siren: str, flow: str, wait_for: float, api_url: str,
+                           token: str) -> None:
+    """Fetch the entity's current classification from its peer and keep it.
+
+    The fetch is a document of flow ``classification``: its step is retried like any
+    other, and its journal says what the peer answered.
+    """
+    doc = _run(_call(api_url, token, "POST", f"/api/v1/entities/{siren}/classification",
+                     params={"flow": flow}))
+    if wait_for <= 0:
+        click.echo(f"{siren}: classification fetch queued as document {doc['id']}")
+        return
+    doc = _run(_until_ended(api_url, token, doc["id"], wait_for))
+    if doc["state"] == eng.COMPLETED:
+        click.echo(f"{siren}: classification of {doc['metadata']['version_date']} kept "
+                   f"(document {doc['id']})")
+    elif doc["state"] in eng.TERMINAL:
+        raise click.ClickException(f"{siren}: classification fetch {doc['state']} (document "
+                                   f"{doc['id']}): {doc.get('last_error')}")
+    else:
+        raise click.ClickException(
+            f"{siren}: classification fetch still {doc['state']} after {wait_for:g} s "
+            f"(document {doc['id']}{': ' + doc['last_error'] if doc.get('last_error') else ''}"
+            "); it goes on: `demat status ID` follows it")
+
+
+async def _until_ended(api_url: str, token: str, document_id: str,
+                       seconds: float) -> dict[str, Any]:
+    """The document once it has ended, or as it is when ``seconds`` have passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        doc: dict[str, Any] = await _call(api_url, token, "GET",
+                                          f"/api/v1/documents/{document_id}")
+        if doc["state"] in eng.TERMINAL or loop.time() >= deadline:
+            return doc
+        await asyncio.sleep(0.2)
 
 
 @entity.command("list")

@@ -30,7 +30,6 @@ from broker.retry import InCallRetry, RetryPolicy
 
 __all__ = [
     "Checkable",
-    "ClassificationSource",
     "Connector",
     "ConnectorSettings",
     "Done",
@@ -163,15 +162,6 @@ class Checkable(Protocol):
     async def check(self, config: Mapping[str, Any], entity: str,
                     http: aiohttp.ClientSession) -> str:
         """What the peer answered, in a sentence; raise a StepError when it did not."""
-
-
-@runtime_checkable
-class ClassificationSource(Protocol):
-    """A connector that can fetch an entity's current classification from its peer."""
-
-    async def fetch_classification(self, config: Mapping[str, Any],
-                                   http: aiohttp.ClientSession) -> tuple[str, dict[str, Any]]:
-        """(version date YYYY-MM-DD, the classification as JSON-able data)."""
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,10 @@ from broker.flows.base import Flow, Intake, Problem, UploadedFile
 from broker.ids import new_id, siren_problem
 from broker.metrics import DOCUMENTS_SUBMITTED
 from broker.runtime import Runtime, now
-from broker.store import classifications, reads
 from broker.store import documents as docs
+from broker.store import reads
 from broker.store.documents import StoredFile
-from broker.views import document_view
+from broker.views import current_classification, document_view
 
 
 @dataclass(frozen=True)
@@ -234,10 +234,12 @@ async def _by_submission_key(conn: AsyncConnection, entity: str,
 
 async def _intake(store: _LazyConnection, flow: Flow, entity: str) -> Intake:
     # Only a flow with a classification reads one.
-    known = (await classifications.get(await store.conn(), entity, flow.name)
-             if flow.classification_from else None)
-    return Intake(entity, date.today(), known.data if known else None,
-                  known.version_date if known else None)
+    known = (await current_classification(await store.conn(), entity, flow)
+             if flow.classification_by else None)
+    if known is None:
+        return Intake(entity, date.today())
+    return Intake(entity, date.today(), known.metadata["classification"],
+                  known.metadata["version_date"])
 
 
 async def _key_problems(conn: AsyncConnection, flow: str, entity: str,

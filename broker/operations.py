@@ -1,58 +1,38 @@
 """What operators do to documents: retry, cancel, a flow's action, replay from parking,
-and fetching an entity's classification from its peer."""
+and asking for an entity's classification to be fetched again."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
-
-from broker import accounts, journal
 from broker import engine as eng
 from broker.accounts import Principal
-from broker.connector import ClassificationSource
 from broker.errors import ServiceError, not_found
 from broker.flows.base import Problem
-from broker.outcomes import StepError
+from broker.intake import Submitted, submit
 from broker.runtime import Runtime, now
-from broker.store import classifications, reads
 from broker.store import documents as docs
-from broker.store import journal as stored_journal
-from broker.views import classification_of, get_document, visible_document
+from broker.store import reads
+from broker.views import get_document, visible_document
 
 MAX_REPLAY_BATCH = 1000
 
 
 async def refresh_classification(rt: Runtime, who: Principal, entity: str,
-                                 flow_name: str) -> dict[str, Any]:
-    """Ask the flow's peer for the entity's current classification and keep it."""
+                                 flow_name: str) -> Submitted:
+    """Submit a ``classification`` document: its step asks the flow's peer for the entity's
+    current classification, retried and journaled like any other."""
     flow = rt.flows.get(flow_name)
-    if flow is None or flow.classification_from is None:
+    if flow is None or flow.classification_by is None:
+        with_one = ", ".join(sorted(n for n, f in rt.flows.items() if f.classification_by))
         raise ServiceError(422, f"flow {flow_name!r} has no classification",
-                           [Problem("flow", "a flow with a classification, e.g. actes")])
+                           [Problem("flow", f"a flow with a classification ({with_one})")])
     if not who.may_see(entity):
         raise not_found(f"entity {entity}")
-    source = rt.connectors.get(flow.classification_from)
-    if not isinstance(source, ClassificationSource):
-        raise ServiceError(500, f"connector {flow.classification_from} cannot fetch "
-                           "classifications")
-    async with rt.db.connect() as conn:
-        row = await accounts.get_entity(conn, entity)
-    if row is None:
-        raise not_found(f"entity {entity}")
-    config = row.connectors.get(rt.connectors[flow.classification_from].settings_key, {})
-    try:
-        async with aiohttp.ClientSession() as http:
-            version_date, data = await source.fetch_classification(config, http)
-    except StepError as exc:
-        raise ServiceError(502, f"{flow.classification_from}: {exc}") from exc
-    async with rt.db.begin() as conn:
-        await classifications.put(conn, entity, flow_name, version_date, data, now())
-        await stored_journal.append(conn, [journal.Entry(
-            "operator", {"action": "classification", "entity": entity, "flow": flow_name,
-                         "version_date": version_date}, None, who.actor)], now())
-    return await classification_of(rt, who, entity, flow_name)
+    return await submit(rt, who, flow.classification_by, entity,
+                        json.dumps({"of": flow_name}), [])
 
 
 async def _operate(rt: Runtime, who: Principal, document_id: str, action: str) -> dict[str, Any]:

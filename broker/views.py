@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from broker import engine as eng
 from broker.accounts import Principal
 from broker.errors import ServiceError, not_found
-from broker.flows.base import Problem
+from broker.flows.base import Flow, Problem
 from broker.runtime import Runtime
-from broker.store import classifications, reads
 from broker.store import documents as docs
 from broker.store import events as stored_events
 from broker.store import journal as stored_journal
+from broker.store import reads
 
 MAX_PAGE = 500
 
@@ -125,13 +127,25 @@ async def parking(rt: Runtime, who: Principal, *, entity: str | None = None,
     return {"items": items, "next_cursor": page[-1].id if len(rows) > limit else None}
 
 
+async def current_classification(conn: AsyncConnection, entity: str,
+                                 flow: Flow) -> Any | None:
+    """The document that fetched the entity's current classification for ``flow``, if any."""
+    if flow.classification_by is None:
+        return None
+    return await reads.latest_completed(conn, entity, flow.classification_by,
+                                        where=("of", flow.name))
+
+
 async def classification_of(rt: Runtime, who: Principal, entity: str,
                             flow: str) -> dict[str, Any]:
     if not who.may_see(entity):
         raise not_found(f"entity {entity}")
-    async with rt.db.connect() as conn:
-        row = await classifications.get(conn, entity, flow)
+    row = None
+    if (of := rt.flows.get(flow)) is not None:
+        async with rt.db.connect() as conn:
+            row = await current_classification(conn, entity, of)
     if row is None:
         raise not_found(f"classification of entity {entity} for flow {flow}")
-    return {"entity": entity, "flow": flow, "version_date": row.version_date,
-            "fetched_at": eng.iso(row.fetched_at), "data": row.data}
+    return {"entity": entity, "flow": flow, "version_date": row.metadata["version_date"],
+            "fetched_at": eng.iso(row.updated_at), "document": row.id,
+            "data": row.metadata["classification"]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from broker.catalog import Catalog
 from broker.flows.actes import ACTES, COURRIERS
+from broker.flows.classification import CLASSIFICATION
 from broker.flows.depot import DEPOT
 from connectors.actes.connector import TdtActesConnector
 from connectors.depot.connector import DepotConnector
@@ -17,6 +18,6 @@ from connectors.sae.connector import SaeConnector
 
 def catalog() -> Catalog:
     return Catalog.build(
-        flows=[DEPOT, ACTES, COURRIERS],
+        flows=[DEPOT, ACTES, COURRIERS, CLASSIFICATION],
         connectors=[DepotConnector(), ParapheurConnector(), TdtActesConnector(), SaeConnector()],
     )

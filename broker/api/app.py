@@ -220,9 +220,11 @@ async def get_classification(request: web.Request) -> web.Response:
 
 
 async def refresh_classification(request: web.Request) -> web.Response:
-    return web.json_response(await operations.refresh_classification(
+    result = await operations.refresh_classification(
         _rt(request), _who(request), request.match_info["siren"],
-        request.query.get("flow", "actes")))
+        request.query.get("flow", "actes"))
+    # Accepted: the fetch is a document's step; its page says when it is done.
+    return web.json_response(result.document, status=202)
 
 
 async def _body(request: web.Request, model: type[BaseModelT]) -> BaseModelT:

@@ -129,10 +129,11 @@ def build() -> dict[str, Any]:
                         "parameters": [_param("siren", "path"), _param("flow")],
                         "responses": {"200": {"description": "version date and codes"},
                                       **_ERRORS}},
-                "post": {"summary": "Fetch it again from the peer (the TdT) and keep it",
+                "post": {"summary": "Fetch it again from the peer (the TdT): a document of flow "
+                                    "classification, whose step is retried and journaled",
                          "parameters": [_param("siren", "path"), _param("flow")],
-                         "responses": {"200": {"description": "version date and codes"},
-                                       **_ERRORS, "502": _json(m.ErrorOut, "peer failed")}}},
+                         "responses": {"202": _json(m.DocumentOut, "the classification "
+                                                    "document, queued"), **_ERRORS}}},
             "/api/v1/events": {"get": {
                 "summary": "Recent state events after an id, oldest first (a bounded history, "
                            "for a page opened late to catch up; live ones go to the events "

@@ -77,5 +77,5 @@ ACTES = ActesFlow(
     ],
     max_upload=MAX_TOTAL_BYTES,
     actions={"annuler": ("cancel", "id_acte")},
-    classification_from="tdt",
+    classification_by="classification",
 )

@@ -73,8 +73,9 @@ class Flow:
     # Actions a person may ask of a completed document: name -> (step, metadata key that
     # must be present), e.g. ACTES "annuler" -> ("cancel", "id_acte").
     actions: Mapping[str, tuple[str, str]] = field(default_factory=dict)
-    # Connector that serves the entity's current classification for this flow, if any.
-    classification_from: str | None = None
+    # The flow whose documents fetch the entity's current classification for this one
+    # (ACTES: ``classification``); submissions are checked against the latest fetched.
+    classification_by: str | None = None
     # Documents of this flow come from peers (ingested), never from a submission.
     incoming_only: bool = False
 

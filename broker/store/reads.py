@@ -18,6 +18,16 @@ async def by_submission_key(conn: AsyncConnection, entity: str, key: str) -> Any
         documents.c.entity == entity, documents.c.submission_key == key))).first()
 
 
+async def latest_completed(conn: AsyncConnection, entity: str, flow: str, *,
+                           where: tuple[str, str]) -> Any | None:
+    """The entity's latest completed document of ``flow`` whose metadata ``key`` is ``value``."""
+    key, value = where
+    return (await conn.execute(sa.select(documents).where(
+        documents.c.entity == entity, documents.c.flow == flow,
+        documents.c.state == eng.COMPLETED, documents.c.metadata[key].as_string() == value,
+    ).order_by(documents.c.id.desc()).limit(1))).first()
+
+
 async def documents_page(conn: AsyncConnection, *, limit: int, entity: str | None = None,
                          flow: str | None = None, state: str | None = None,
                          before: str | None = None) -> list[Any]:

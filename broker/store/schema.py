@@ -139,17 +139,6 @@ journal = sa.Table(
     sa.Index("ix_journal_document", "document_id", "id"),
 )
 
-# The classification an entity's peer (the TdT for ACTES) currently expects.
-classifications = sa.Table(
-    "classifications",
-    metadata,
-    sa.Column("entity", sa.String(9), primary_key=True),
-    sa.Column("flow", sa.String(32), primary_key=True),
-    sa.Column("version_date", sa.String(10), nullable=False),
-    sa.Column("data", JSON, nullable=False),
-    sa.Column("fetched_at", TIME, nullable=False),
-)
-
 workers = sa.Table(
     "workers",
     metadata,

@@ -185,10 +185,10 @@ class TdtActesConnector:
     """Sends acts to the contrôle de légalité through the entity's TdT, and cancels them."""
 
     name = "tdt"
-    steps = frozenset({"transmit", "cancel"})
+    steps = frozenset({"transmit", "cancel", "fetch"})
     settings_key = "tdt"
     settings = TdtAccount
-    serves = frozenset({("actes", "transmit"), ("actes", "cancel")})
+    serves = frozenset({("actes", "transmit"), ("actes", "cancel"), ("classification", "fetch")})
 
     async def run(self, ctx: StepContext) -> Outcome:
         if ctx.step not in self.steps:
@@ -198,6 +198,8 @@ class TdtActesConnector:
         client = TdtClient(ctx.http, wire_settings(account, ctx.entity))
         if ctx.step == "transmit":
             return await self._transmit(ctx, client, account)
+        if ctx.step == "fetch":
+            return await self._fetch_classification(ctx, client)
         return await self._cancel(ctx, client, account.poll_after)
 
     async def incoming(
@@ -218,18 +220,19 @@ class TdtActesConnector:
         listed = await client.list_transactions(4, limit=1)
         return f"{client.what} answered the listing of acknowledged acts ({len(listed)} shown)"
 
-    async def fetch_classification(
-        self, config: Mapping[str, Any], http: aiohttp.ClientSession
-    ) -> tuple[str, dict[str, Any]]:
-        """The entity's current classification at the TdT: (date, JSON as stored)."""
-        client = TdtClient(http, tdt_settings(config, None))
-        xml = await client.fetch_classification()
+    async def _fetch_classification(self, ctx: StepContext, client: TdtClient) -> Outcome:
+        """The entity's current classification (7-2): the TdT's answer kept as a file, its
+        content as JSON in the document's metadata, where intake reads it."""
+        xml = await ctx.call(client.fetch_classification)
         try:
             classification = read_classification(xml)
         except (XmlError, ValueError) as exc:
             raise PermanentError(f"{client.what}: unreadable classification: {exc}") from exc
-        data: dict[str, Any] = json.loads(classification.to_json())
-        return classification.date.isoformat(), data
+        version = classification.date.isoformat()
+        files = await _keep(ctx, "classification", f"classification-{version}.xml", xml)
+        return Done(metadata={"version_date": version,
+                              "classification": json.loads(classification.to_json())},
+                    files=files, note=f"classification of {version}")
 
     # -- transmit ------------------------------------------------------------------------
 

@@ -211,10 +211,16 @@ def act_pdf(numero: str) -> bytes:
     return simple_pdf([f"Délibération n° {numero}", "Le conseil municipal décide."])
 
 
-async def refresh_classification(api: Api) -> dict[str, Any]:
+async def refresh_classification(api: Api, timeout: float = 30) -> dict[str, Any]:
+    """Fetch the entity's classification (a document of its own) and wait until it is kept."""
     status, body = await api.post(f"/api/v1/entities/{ENTITY}/classification")
-    assert status == 200, body
-    result: dict[str, Any] = body
+    assert status == 202 and body["flow"] == "classification", body
+    deadline = time.monotonic() + timeout
+    while (doc := await api.get(f"/api/v1/documents/{body['id']}"))["state"] != "completed":
+        assert doc["state"] not in ("failed", "rejected", "cancelled"), doc
+        assert time.monotonic() < deadline, f"classification fetch still {doc['state']}"
+        await asyncio.sleep(0.1)
+    result: dict[str, Any] = await api.get(f"/api/v1/entities/{ENTITY}/classification")
     return result
 
 

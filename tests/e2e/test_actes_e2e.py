@@ -38,11 +38,12 @@ from aiohttp.test_utils import TestClient
 from click.testing import CliRunner
 
 from broker import accounts
+from broker import engine as eng
 from broker.cli import main as demat_cli
 from broker.flows.actes import SIGNATURE_POLLS
 from broker.runtime import Runtime
 from broker.settings import Settings
-from broker.store import classifications
+from broker.store import documents as stored_documents
 from broker.store.db import make_engine
 from broker.store.migrate import upgrade
 from broker.wiring import catalog
@@ -156,7 +157,12 @@ async def served(
         )
         try:
             await stack.restart()
-            await refresh_classification(stack.api)
+            # As an operator would: the CLI submits the fetch and waits for it to be kept.
+            said = await asyncio.to_thread(
+                run_cli, {**env, "DEMAT_API_URL": stack.api.url, "DEMAT_TOKEN": token},
+                "classification", "refresh", ENTITY)
+            assert re.fullmatch(rf"{ENTITY}: classification of \d{{4}}-\d\d-\d\d kept "
+                                r"\(document \w{26}\)\n", said), said
             yield stack
         finally:
             await stack.api.close()
@@ -680,14 +686,14 @@ async def intaker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Int
     async with rt.db.begin() as conn:
         await accounts.upsert_entity(conn, ENTITY, "Commune de Test", {}, catalog().settings)
         token = await accounts.create_token(conn, accounts.OPERATOR)
-        await classifications.put(
-            conn,
-            ENTITY,
-            "actes",
-            current.date.isoformat(),
-            json.loads(current.to_json()),
-            time.time(),
-        )
+        # As its fetch leaves it: a completed document of flow classification.
+        fetched = eng.Doc(stored_documents.new_id(), "classification", eng.QUEUED, None, 0,
+                          {"of": "actes"})
+        kept = eng.Transition(eng.COMPLETED, "fetch", 1, metadata={
+            "version_date": current.date.isoformat(),
+            "classification": json.loads(current.to_json())})
+        await stored_documents.insert_documents(conn, [stored_documents.NewDocument(
+            stored_documents.TransitionWrite(fetched, ENTITY, kept), [])], time.time())
     async with api_served(rt) as client:
         yield Intaker(client, rt, token)
 

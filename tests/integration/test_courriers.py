@@ -96,10 +96,17 @@ async def wait_state(rt: Runtime, document_id: str, timeout: float = 15) -> dict
             await asyncio.sleep(0.05)
 
 
+async def refresh(rt: Runtime) -> dict[str, Any]:
+    """Fetch the entity's classification: a document of its own, waited for."""
+    fetch = await operations.refresh_classification(rt, OPERATOR, ENTITY, "actes")
+    return await wait_state(rt, fetch.document["id"])
+
+
 async def test_an_act_is_acknowledged_then_its_courrier_is_ingested_once(stack: Stack) -> None:
     rt = stack.rt
-    refreshed = await operations.refresh_classification(rt, OPERATOR, ENTITY, "actes")
-    assert refreshed["version_date"] == "2024-01-15"
+    fetched = await refresh(rt)
+    assert fetched["state"] == "completed" and fetched["metadata"]["version_date"] == "2024-01-15"
+    assert [f["role"] for f in fetched["files"]] == ["classification"]  # the TdT's 7-2
     act = await wait_state(rt, (await submit_act(rt, "2024_042"))["id"])
     assert act["state"] == "completed", act
     assert act["metadata"]["id_acte"] == "044-214400152-20240301-2024_042-DE"
@@ -124,7 +131,7 @@ async def test_an_act_is_acknowledged_then_its_courrier_is_ingested_once(stack: 
 
 async def test_an_acknowledged_act_can_be_cancelled(stack: Stack) -> None:
     rt = stack.rt
-    await operations.refresh_classification(rt, OPERATOR, ENTITY, "actes")
+    assert (await refresh(rt))["state"] == "completed"
     act = await wait_state(rt, (await submit_act(rt, "2024_043"))["id"])
     with pytest.raises(ServiceError, match="no action 'purger'"):
         await operations.perform(rt, OPERATOR, act["id"], "purger")
@@ -136,22 +143,39 @@ async def test_an_acknowledged_act_can_be_cancelled(stack: Stack) -> None:
     assert stats_of(stack.tdt_app)["cancellations"] == 1
 
 
+async def test_a_classification_fetch_is_retried_and_journaled_like_any_step(
+        stack: Stack) -> None:
+    rt = stack.rt
+    await stack.control("/_control/faults", {"rules": [
+        {"kind": "503", "path": "/modules/actes/actes_classification_fetch.php", "count": 4}]})
+    fetched = await refresh(rt)
+    assert fetched["state"] == "completed", fetched
+    assert fetched["metadata"]["version_date"] == "2024-01-15"
+    journal = await views.journal_of(rt, OPERATOR, fetched["id"])
+    failed = [e for e in journal if e["kind"] == "attempt" and "error" in e]
+    assert failed and all("503" in e["error"] for e in failed)
+    assert any(e["kind"] == "transition" and e["to"] == "retrying" for e in journal)
+    current = await views.classification_of(rt, OPERATOR, ENTITY, "actes")
+    assert (current["document"], current["version_date"]) == (fetched["id"], "2024-01-15")
+
+
 async def test_an_outdated_classification_is_refused_at_intake(stack: Stack) -> None:
     rt = stack.rt
-    await operations.refresh_classification(rt, OPERATOR, ENTITY, "actes")
+    assert (await refresh(rt))["state"] == "completed"
+    blobs_before = {p for p in rt.settings.blob_dir.rglob("*") if p.is_file()}
     with pytest.raises(ServiceError) as refused:
         await submit_act(rt, "2024_044", classification="9.9.9")
     assert refused.value.status == 422
     assert [p.field for p in refused.value.problems] == ["metadata.classification"]
     assert "2024-01-15" in refused.value.problems[0].message
-    assert (await views.list_documents(rt, OPERATOR))["items"] == []
-    assert [p for p in rt.settings.blob_dir.rglob("*") if p.is_file()] == []
+    assert (await views.list_documents(rt, OPERATOR, flow="actes"))["items"] == []
+    assert {p for p in rt.settings.blob_dir.rglob("*") if p.is_file()} == blobs_before
     assert [p for p in rt.settings.tmp_dir.rglob("*") if p.is_file()] == []
 
 
 async def test_a_number_is_used_once_per_entity_until_the_act_is_refused(stack: Stack) -> None:
     rt = stack.rt
-    await operations.refresh_classification(rt, OPERATOR, ENTITY, "actes")
+    assert (await refresh(rt))["state"] == "completed"
     first = await submit_act(rt, "2024_045")
     with pytest.raises(ServiceError) as refused:
         await submit_act(rt, "2024_045")

@@ -444,11 +444,16 @@ async def test_cancellation_is_acknowledged_by_an_arannulation(doc: Document, td
 
 
 @tdt_options(classification_date=date(2023, 11, 20))
-async def test_classification_fetch_is_parsed(tdt: Tdt, http: aiohttp.ClientSession) -> None:
-    version, data = await TdtActesConnector().fetch_classification(tdt.config, http)
+async def test_classification_fetch_is_parsed(doc: Document) -> None:
+    doc.metadata = {"of": "actes"}
+    outcome = await doc.run("fetch")
 
-    assert version == "2023-11-20"
-    classification = Classification.model_validate(data)
+    assert isinstance(outcome, Done) and outcome.note == "classification of 2023-11-20"
+    assert outcome.metadata["version_date"] == "2023-11-20"
+    [(role, name, xml)] = doc.saved  # the TdT's answer, kept as it came
+    assert (role, name) == ("classification", "classification-2023-11-20.xml")
+    assert b"RetourClassification" in xml
+    classification = Classification.model_validate(outcome.metadata["classification"])
     assert classification.has_code("1.1")
     assert classification.label("7.1") == "Décisions budgétaires"
     assert classification.natures[1].abbr == "DE"

@@ -58,6 +58,15 @@ def test_a_connector_that_does_not_declare_the_step_is_refused() -> None:
                                  "(it serves other/say)")
 
 
+def test_a_classification_from_a_flow_not_in_the_catalog_is_refused() -> None:
+    classified = Flow(name="echoes", description="", files={}, metadata_model=Meta,
+                      steps=[Step("say", "echo")], classification_by="nomenclature")
+    with pytest.raises(CatalogError) as caught:
+        Catalog.build([classified], [Echo(frozenset({("echoes", "say")}))])
+    assert str(caught.value) == ("flow echoes: its classification comes from flow "
+                                 "'nomenclature', which is not in the catalog")
+
+
 def test_connectors_sharing_a_settings_key_share_its_model() -> None:
     class Other(Echo):
         name = "other-echo"
