@@ -180,11 +180,7 @@ def entity() -> None:
 def entity_add(ctx: click.Context, siren: str, name: str, sets: tuple[str, ...]) -> None:
     """Add or update an entity."""
     connectors: dict[str, dict[str, Any]] = {}
-    for item in sets:
-        key, sep, value = item.partition("=")
-        connector, dot, setting = key.partition(".")
-        if not sep or not dot:
-            raise click.UsageError(f"--set {item!r}: expected CONNECTOR.KEY=VALUE")
+    for connector, setting, value in map(_setting, sets):
         connectors.setdefault(connector, {})[setting] = value
 
     built = catalog()
@@ -197,6 +193,15 @@ def entity_add(ctx: click.Context, siren: str, name: str, sets: tuple[str, ...])
     except (accounts.InvalidEntity, SettingsError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"entity {siren} saved")
+
+
+def _setting(item: str) -> tuple[str, str, str]:
+    """``CONNECTOR.KEY=VALUE`` → its parts (the settings model gives VALUE its type)."""
+    key, sep, value = item.partition("=")
+    connector, dot, setting = key.partition(".")
+    if not sep or not dot or not connector or not setting:
+        raise click.UsageError(f"--set {item!r}: expected CONNECTOR.KEY=VALUE")
+    return connector, setting, value
 
 
 def _with_store(settings: Settings, fn: Callable[[Any], Awaitable[T]],
@@ -364,6 +369,58 @@ def entity_list(limit: int, api_url: str, token: str) -> None:
 def entity_show(siren: str, api_url: str, token: str) -> None:
     """One entity's settings, secrets masked."""
     _echo(_run(_call(api_url, token, "GET", f"/api/v1/entities/{siren}")))
+
+
+@entity.command("set")
+@click.argument("siren")
+@click.option("--name", help="A new name.")
+@click.option("--set", "sets", multiple=True, metavar="CONNECTOR.KEY=VALUE",
+              help="Change one setting, e.g. --set depot.timeout=30")
+@click.option("--unset", "unsets", multiple=True, metavar="CONNECTOR.KEY",
+              help="Remove one setting (its default applies again).")
+@click.option("--remove", "removes", multiple=True, metavar="CONNECTOR",
+              help="Remove a connector's settings altogether.")
+@_api_options
+def entity_set(siren: str, name: str | None, sets: tuple[str, ...], unsets: tuple[str, ...],
+               removes: tuple[str, ...], api_url: str, token: str) -> None:
+    """Change an entity's name or settings (through the API: checked when saved)."""
+    connectors: dict[str, dict[str, Any] | None] = {key: None for key in removes}
+    for connector, setting, value in map(_setting, sets):
+        _table(connectors, connector)[setting] = value
+    for item in unsets:
+        connector, dot, setting = item.partition(".")
+        if not dot or not connector or not setting:
+            raise click.UsageError(f"--unset {item!r}: expected CONNECTOR.KEY")
+        _table(connectors, connector)[setting] = None
+    body: dict[str, Any] = {"connectors": connectors} if connectors else {}
+    if name:
+        body["name"] = name
+    if not body:
+        raise click.UsageError("nothing to change: give --name, --set, --unset or --remove")
+    saved = _run(_call(api_url, token, "PATCH", f"/api/v1/entities/{siren}", json=body))
+    click.echo(f"entity {siren} saved ({', '.join(sorted(saved['connectors'])) or 'no'} "
+               "connector settings)")
+
+
+def _table(connectors: dict[str, dict[str, Any] | None], name: str) -> dict[str, Any]:
+    """The changes to connector ``name``'s settings (none may go with its removal)."""
+    table = connectors.setdefault(name, {})
+    if table is None:
+        raise click.UsageError(f"connector {name}: --remove and a change of one of its "
+                               "settings at once")
+    return table
+
+
+@entity.command("delete")
+@click.argument("siren")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_api_options
+def entity_delete(siren: str, yes: bool, api_url: str, token: str) -> None:
+    """Remove an entity (refused while any of its documents has not ended)."""
+    if not yes:
+        click.confirm(f"Remove entity {siren} and its settings?", abort=True)
+    _run(_call(api_url, token, "DELETE", f"/api/v1/entities/{siren}"))
+    click.echo(f"entity {siren} removed")
 
 
 @entity.command("check")

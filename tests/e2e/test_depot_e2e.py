@@ -127,3 +127,27 @@ async def test_the_cli_lists_shows_and_checks_entities_through_the_api(stack: St
     with pytest.raises(RuntimeError, match=r"entity check .* failed \(1\)"):
         # The other entity's inbox path does not exist on the simulator: a 404 is a refusal.
         run_cli(env, "entity", "check", OTHER_ENTITY, "depot")
+
+
+async def test_the_cli_changes_and_removes_an_entity_through_the_api(stack: Stack) -> None:
+    env = {**stack.env, "DEMAT_API_URL": stack.url, "DEMAT_TOKEN": stack.token}
+    siren = "552100554"
+    run_cli(env, "entity", "add", siren, "--name", "Syndicat des eaux",
+            "--set", f"depot.url={stack.gf_url}/inbox")
+    # Numbers given on the command line take the type of their field.
+    said = run_cli(env, "entity", "set", siren, "--set", "depot.timeout=45",
+                   "--set", "depot.token=s3cr3t-t0ken", "--name", "Syndicat intercommunal")
+    assert said == f"entity {siren} saved (depot connector settings)\n"
+    shown = await stack.api.get(f"/api/v1/entities/{siren}")
+    assert shown["name"] == "Syndicat intercommunal"
+    assert shown["connectors"]["depot"]["timeout"] == 45
+    assert shown["connectors"]["depot"]["token"] == "********"
+    with pytest.raises(RuntimeError,
+                       match=r"(?s)422: .*connectors\.depot\.timeout: Input should be greater"):
+        run_cli(env, "entity", "set", siren, "--set", "depot.timeout=-1")
+    run_cli(env, "entity", "set", siren, "--unset", "depot.timeout")
+    after = (await stack.api.get(f"/api/v1/entities/{siren}"))["connectors"]["depot"]
+    assert after["timeout"] == 30.0 and after["token"] == "********"  # the default again
+    assert run_cli(env, "entity", "delete", siren, "--yes") == f"entity {siren} removed\n"
+    async with stack.api.http.get(f"{stack.url}/api/v1/entities/{siren}") as resp:
+        assert resp.status == 404
