@@ -151,9 +151,14 @@ def claimed(doc: Doc, job: Job, worker: str) -> Transition:
     """A worker took the job: the document runs its step (one journal entry names the worker).
 
     A document already running (its claim taken over once its lease ran out, or the same
-    claim tried again after a store outage) stays as it is, with no new entry.
+    claim tried again after a store outage) stays as it is, with no new entry. No state
+    event is published for a claim (see below).
     """
-    return _changed(doc, Transition(RUNNING, job.step, job.run, about={"worker": worker}))
+    transition = _changed(doc, Transition(RUNNING, job.step, job.run, about={"worker": worker}))
+    # Journaled, not published: a step runs for moments, and a page told of every claim
+    # would get twice the events for nothing it can act on (it sees the step's outcome).
+    transition.event = None
+    return transition
 
 
 def apply(

@@ -51,17 +51,25 @@ def _text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def _part(headers: dict[str, str]) -> Part:
-    disposition = headers.get("content-disposition", "")
+def _part(headers: dict[str, str], disposition: bytes) -> Part:
+    """The part's name and file name, from the raw bytes of its Content-Disposition.
+
+    RFC 7578: a file name comes as raw UTF-8 (what browsers send); ``filename*``
+    (RFC 5987, ``UTF-8''d%C3%A9lib.pdf``), when given, is preferred.
+    """
     kind, params = parse_options_header(disposition)
     if kind != b"form-data":
-        raise ValueError(f"part without Content-Disposition: form-data ({disposition!r})")
+        raise ValueError(f"part without Content-Disposition: form-data ({_text(disposition)!r})")
     name = params.get(b"name")
     filename: str | None = None
-    if b"filename" in params:
+    if extended := _EXTENDED_FILENAME.search(_text(disposition)):
+        try:
+            filename = unquote(extended.group(2), encoding=extended.group(1),
+                               errors="strict")
+        except (LookupError, UnicodeDecodeError) as exc:
+            raise ValueError(f"filename* is not valid {extended.group(1)}: {exc}") from exc
+    elif b"filename" in params:
         filename = _text(params[b"filename"])
-    elif extended := _EXTENDED_FILENAME.search(disposition):
-        filename = unquote(extended.group(2), encoding=extended.group(1))
     return Part(_text(name) if name is not None else None, filename,
                 headers.get("content-type"), headers)
 
@@ -74,6 +82,7 @@ class MultipartReader:
         self._events: deque[tuple[str, Any]] = deque()
         self._header = [bytearray(), bytearray()]
         self._headers: dict[str, str] = {}
+        self._disposition = b""
         self._header_bytes = 0
         self._in_part = False
         self._finished = False
@@ -91,7 +100,7 @@ class MultipartReader:
     # --- parser callbacks (synchronous, while a chunk is written) ---
 
     def _begin(self) -> None:
-        self._headers, self._header_bytes = {}, 0
+        self._headers, self._disposition, self._header_bytes = {}, b"", 0
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
         self._grow(end - start)
@@ -108,11 +117,15 @@ class MultipartReader:
 
     def _header_end(self) -> None:
         name, value = (bytes(b) for b in self._header)
-        self._headers[name.decode("latin-1").strip().lower()] = _text(value).strip()
+        key = name.decode("latin-1").strip().lower()
+        self._headers[key] = _text(value).strip()
+        if key == "content-disposition":
+            # Parsed as bytes: a UTF-8 file name is not Latin-1 text.
+            self._disposition = value.strip()
         self._header = [bytearray(), bytearray()]
 
     def _headers_finished(self) -> None:
-        self._events.append(("part", _part(self._headers)))
+        self._events.append(("part", _part(self._headers, self._disposition)))
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         if end > start:

@@ -192,7 +192,7 @@ def test_each_poll_advances_the_cadence_by_one_step() -> None:
 def test_a_claim_is_a_journaled_transition_naming_the_worker() -> None:
     t = eng.claimed(doc(eng.RETRYING, run=2), eng.Job("sign", "retry", 2), "host:12:W1")
     assert (t.state, t.step, t.run, t.next_job, t.next_due_at, t.event) == (
-        eng.RUNNING, "sign", 2, None, None, "two.running")
+        eng.RUNNING, "sign", 2, None, None, None)
     assert [(e.kind, e.data) for e in t.journal] == [("transition", {
         "from": "retrying", "to": "running", "step": "sign", "worker": "host:12:W1"})]
     # Taken over (lease out) or the same claim tried again: no second entry, no event.

@@ -56,6 +56,28 @@ async def test_content_type_and_utf8_names() -> None:
     assert (first.filename, first.content_type) == ("délibération.pdf", "application/pdf")
 
 
+@pytest.mark.parametrize("name", ["délibération_€.pdf", "plan – annexe.pdf", "vœu n°3.pdf",
+                                  "été 2026 (copie).pdf"])
+async def test_file_names_beyond_latin_1_are_kept_exactly(name: str) -> None:
+    # RFC 7578: browsers send the name as raw UTF-8 in filename="…".
+    raw = body(part(f'form-data; name="annexe"; filename="{name}"', b"%PDF", "application/pdf"))
+    got = await read_all(MultipartReader(Pieces(raw, 9), CONTENT_TYPE))
+    assert got == [("annexe", name, b"%PDF")]
+
+
+async def test_extended_filename_wins_over_the_plain_one() -> None:
+    raw = body(part("form-data; name=\"document\"; filename=\"d_lib_ration.pdf\"; "
+                    "filename*=UTF-8''d%C3%A9lib%C3%A9ration%20%E2%82%AC.pdf", b"x"))
+    got = await read_all(MultipartReader(Pieces(raw, 50), CONTENT_TYPE))
+    assert got == [("document", "délibération €.pdf", b"x")]
+
+
+async def test_an_extended_filename_in_a_wrong_charset_is_an_error() -> None:
+    raw = body(part("form-data; name=\"document\"; filename*=UTF-8''%E9t%E9.pdf", b"x"))
+    with pytest.raises(ValueError, match="filename\\* is not valid UTF-8"):
+        await read_all(MultipartReader(Pieces(raw, 50), CONTENT_TYPE))
+
+
 async def test_extended_filename() -> None:
     raw = body(part("form-data; name=\"document\"; filename*=utf-8''acte%20n%C2%B01.pdf",
                     b"x"))
