@@ -135,10 +135,16 @@ def _run_job(flow: Flow, step: str, kind: str, run: int, now: float) -> NextJob:
     return NextJob(step, flow.step(step).connector, kind, run, now)
 
 
-def start(flow: Flow, doc: Doc, now: float, actor: str) -> Transition:
-    """A document accepted at intake: schedule the first step of its plan."""
+def start(flow: Flow, doc: Doc, now: float, actor: str,
+          files: Sequence[tuple[str, str]] = ()) -> Transition:
+    """A document accepted at intake: schedule the first step of its plan.
+
+    ``files``: (role, name) of what came with it, journaled as received.
+    """
     plan = flow.plan(doc.metadata)
-    intake = Entry("intake", {"flow": flow.name, "plan": plan}, doc.id, actor)
+    intake = Entry("intake", {"flow": flow.name, "plan": plan, **(
+        {"files": [{"role": role, "name": name} for role, name in files]} if files else {})},
+        doc.id, actor)
     if not plan:
         transition = Transition(COMPLETED, None, 0, journal=[intake])
     else:

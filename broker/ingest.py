@@ -106,7 +106,7 @@ async def store(rt: Runtime, entity: str, item: Incoming, actor: str) -> str | N
     t = now()
     doc = eng.Doc(new_id(), flow.name, eng.QUEUED, None, 0,
                   {**item.metadata, "related_document": related})
-    transition = eng.start(flow, doc, t, actor)
+    transition = eng.start(flow, doc, t, actor, [(f.role, f.name) for f in files])
     if related:
         transition.journal.append(journal.Entry(
             "incoming", {"document": doc.id, "flow": flow.name, "summary": item.summary},

@@ -144,7 +144,7 @@ async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: st
     doc = eng.Doc(new_id(), flow.name, eng.QUEUED, None, 0, metadata)
     stored = [StoredFile(p.role, p.name, p.content_type, p.staged.size, p.staged.sha256)
               for p in parts]
-    first = eng.start(flow, doc, now(), who.actor)
+    first = eng.start(flow, doc, now(), who.actor, [(f.role, f.name) for f in stored])
     new = docs.NewDocument(docs.TransitionWrite(doc, entity, first), stored,
                            unique[1] if unique else None, submission_key)
     written = await _intake_writer(rt)(_Pending(new, [p.staged for p in parts]))

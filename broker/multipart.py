@@ -19,6 +19,7 @@ from python_multipart.multipart import parse_options_header
 
 # Bytes of headers one part may carry: names and types, not data.
 MAX_PART_HEADERS = 16 * 1024
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _EXTENDED_FILENAME = re.compile(r"filename\*\s*=\s*([\w-]+)'[^']*'([^;\s]+)", re.IGNORECASE)
 
 
@@ -51,6 +52,17 @@ def _text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
+def _unescaped(name: str) -> str:
+    """A plain file name some clients percent-encode (aiohttp: ``d%C3%A9lib.pdf``) decoded;
+    one that does not decode to UTF-8 (``remise 10%.pdf``) is kept as sent."""
+    if not _PERCENT_ESCAPE.search(name):
+        return name
+    try:
+        return unquote(name, errors="strict")
+    except UnicodeDecodeError:
+        return name
+
+
 def _part(headers: dict[str, str], disposition: bytes) -> Part:
     """The part's name and file name, from the raw bytes of its Content-Disposition.
 
@@ -69,7 +81,7 @@ def _part(headers: dict[str, str], disposition: bytes) -> Part:
         except (LookupError, UnicodeDecodeError) as exc:
             raise ValueError(f"filename* is not valid {extended.group(1)}: {exc}") from exc
     elif b"filename" in params:
-        filename = _text(params[b"filename"])
+        filename = _unescaped(_text(params[b"filename"]))
     return Part(_text(name) if name is not None else None, filename,
                 headers.get("content-type"), headers)
 

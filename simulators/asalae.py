@@ -70,6 +70,7 @@ class Declared:
     sha256: str
     algorithm: str
     size: int | None
+    filename: str | None = None  # FileInfo/Filename: the name the file had
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ def read_bordereau(data: bytes, schema: etree.XMLSchema) -> Bordereau:
                 sha256=" ".join((digest.text or "").split()).lower(),
                 algorithm=digest.get("algorithm", ""),
                 size=int(size) if size else None,
+                filename=node.findtext(_q("FileInfo", "Filename")),
             )
         )
     top = root.find(_q("DataObjectPackage", "DescriptiveMetadata", "ArchiveUnit"))
@@ -253,7 +255,8 @@ class Record:
             "reason": self.reason,
             "archive_id": self.archive_id,
             "files": [
-                {"uri": f.uri, "sha256": f.sha256, "size": f.size} for f in self.bordereau.files
+                {"uri": f.uri, "filename": f.filename, "sha256": f.sha256, "size": f.size}
+                for f in self.bordereau.files
             ],
         }
 

@@ -182,6 +182,8 @@ class SimDossier:
             "type": self.type_technique,
             "sous_type": self.sous_type,
             "status": self.status,
+            "nom_doc": self.nom_doc,
+            "annexes": [a.nom for a in self.annexes],
             "date_limite": self.date_limite,
             "history": [vars(log) for log in self.history],
         }
@@ -222,7 +224,8 @@ class Parapheur:
         self.seed = seed
         self.rng = random.Random(f"parapheur/{seed}")
         self.dossiers: dict[str, SimDossier] = {}
-        self.ever_created: set[str] = set()
+        # Every dossier created, by id: the names it came with (kept after deletion).
+        self.ever_created: dict[str, dict[str, Any]] = {}
         self.calls: list[dict[str, str | None]] = []
         self._lock = asyncio.Lock()
 
@@ -359,7 +362,8 @@ class Parapheur:
             )
         )
         self.dossiers[dossier_id] = dossier
-        self.ever_created.add(dossier_id)
+        self.ever_created[dossier_id] = {"nom_doc": dossier.nom_doc,
+                                         "annexes": [a.nom for a in dossier.annexes]}
         self.stats.incr("created")
         return [_retour("OK", f"Dossier {dossier_id} soumis dans le circuit")]
 
@@ -723,7 +727,8 @@ async def calls(request: web.Request) -> web.Response:
 
 async def listing(request: web.Request) -> web.Response:
     parapheur = request.app[PARAPHEUR]
-    return web.json_response({"dossiers": [d.describe() for d in parapheur.dossiers.values()]})
+    return web.json_response({"dossiers": [d.describe() for d in parapheur.dossiers.values()],
+                              "created": parapheur.ever_created})
 
 
 def build_app(

@@ -25,7 +25,8 @@ __all__ = ["ENDED", "Claimed", "JobState"]
 
 @dataclass(frozen=True)
 class Claimed:
-    """What one claim transaction read: jobs, their running documents, files, settings."""
+    """What one claim transaction read: jobs, their documents (as they were before the
+    claim: the steps need their metadata and refs, not their state), files, settings."""
 
     jobs: dict[str, Any]
     documents: dict[str, Any]
@@ -58,7 +59,6 @@ async def claim(conn: AsyncConnection, job_ids: Iterable[str], worker: str, toke
             doc = doc_of(row)
             writes.append(TransitionWrite(doc, row.entity, eng.claimed(doc, job_of(job), worker)))
     await write_transitions(conn, writes, now)
-    doc_rows = {row.id: row for row in await conn.execute(_DOCUMENTS, {"ids": padded(doc_rows)})}
     file_rows: dict[str, list[Any]] = {}
     for f in await conn.execute(_FILES_OF, {"ids": padded(doc_rows)}):
         file_rows.setdefault(f.document_id, []).append(f)
@@ -128,7 +128,6 @@ _CLAIM = jobs.update().where(
 ).values(state=JobState.RUNNING, worker_id=sa.bindparam("worker"),
          claim_token=sa.bindparam("token"), lease_until=sa.bindparam("until")
          ).returning(*jobs.c)
-_DOCUMENTS = sa.select(documents).where(documents.c.id.in_(sa.bindparam("ids", expanding=True)))
 _FILES_OF = sa.select(files).where(
     files.c.document_id.in_(sa.bindparam("ids", expanding=True))).order_by(files.c.id)
 _SETTINGS = sa.select(entities.c.siren, entities.c.connectors).where(

@@ -602,6 +602,73 @@ async def test_a_pdf_declared_as_octet_stream_still_comes_back_signed(outdated: 
     await check_signed_pdf(await download(outdated.api, doc, "acte_signe"), ca)
 
 
+# --- French file names -----------------------------------------------------------------
+
+ACT_NAME = "délibération_€ n°12 – vœu.pdf"
+ANNEX_NAME = "plan d’aménagement – œuvre.pdf"
+
+
+@pytest.mark.parametrize("encoding", ["raw", "percent"], ids=["raw-utf8", "percent-encoded"])
+async def test_an_act_with_french_file_names_goes_all_the_way_keeping_them(
+        tmp_path: Path, encoding: str) -> None:
+    async with served(tmp_path) as stack:
+        api = stack.api
+        numero = "NOMS_01" if encoding == "raw" else "NOMS_02"
+        meta = act_metadata(numero, signature=True, archive=True)
+        meta["type_pj"] = ["99_DE"]
+        parts = [("acte", ACT_NAME, act_pdf(numero)), ("annexe", ANNEX_NAME, PDF)]
+        if encoding == "raw":  # as browsers and curl send them (RFC 7578)
+            boundary = "b0und4ry"
+            raw = b"".join(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{role}"; '
+                f'filename="{name}"\r\nContent-Type: application/pdf\r\n\r\n'.encode()
+                + data + b"\r\n" for role, name, data in parts)
+            fields = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"'
+                              f"\r\n\r\n{v}\r\n".encode() for k, v in (
+                                  ("flow", "actes"), ("entity", ENTITY),
+                                  ("metadata", json.dumps(meta))))
+            body: Any = fields + raw + f"--{boundary}--\r\n".encode()
+            headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        else:  # aiohttp percent-encodes them
+            body = aiohttp.FormData()
+            for k, v in (("flow", "actes"), ("entity", ENTITY), ("metadata", json.dumps(meta))):
+                body.add_field(k, v)
+            for role, name, data in parts:
+                body.add_field(role, data, filename=name, content_type="application/pdf")
+            headers = {}
+        async with api.http.post(f"{api.url}/api/v1/documents", data=body,
+                                 headers=headers) as resp:
+            accepted = await resp.json()
+            assert resp.status == 201, accepted
+        doc = await wait_state(api, accepted["id"], TERMINAL, 60)
+        await check_completed_act(api, doc, trust_roots(await stack.peers.ca_pem())[0])
+
+        # The store and the API keep the names exactly; so does the journal's intake entry.
+        names = {f["role"]: f["name"] for f in doc["files"]}
+        assert (names["acte"], names["annexe"]) == (ACT_NAME, ANNEX_NAME)
+        journal = await api.get(f"/api/v1/documents/{doc['id']}/journal")
+        assert journal[0]["files"] == [{"role": "acte", "name": ACT_NAME},
+                                       {"role": "annexe", "name": ANNEX_NAME}]
+        acte = next(f for f in doc["files"] if f["role"] == "acte")
+        async with api.http.get(f"{api.url}/api/v1/documents/{doc['id']}/files/{acte['id']}"
+                                ) as resp:
+            assert resp.content_disposition is not None
+            assert resp.content_disposition.filename == ACT_NAME
+        # The parapheur shows the act under its name; its annex names follow the WSDL's
+        # DossierID grammar, so the annex goes there under a name made of allowed characters.
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{stack.peers.parapheur.url}/_control/dossiers") as resp:
+            (dossier,) = (await resp.json())["created"].values()
+        assert dossier["nom_doc"] == ACT_NAME
+        assert len(dossier["annexes"]) == 1 and dossier["annexes"][0].endswith(".pdf")
+        # The SAE's bordereau gives every file the name it had (SEDA Filename).
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{stack.peers.sae.url}/_control/transfers") as resp:
+            (transfer,) = (await resp.json())["transfers"]
+        archived = {f["filename"] for f in transfer["files"]}
+        assert {ANNEX_NAME, names["acte_signe"]} <= archived, archived
+
+
 # --- cancellation -----------------------------------------------------------------------
 
 

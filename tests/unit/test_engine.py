@@ -66,6 +66,12 @@ def test_start_follows_the_plan_chosen_by_metadata() -> None:
     assert t.journal[0].kind == "intake" and t.journal[0].data["plan"] == ["send"]
 
 
+def test_the_files_received_are_journaled_with_their_names_as_sent() -> None:
+    t = eng.start(FLOW, doc(eng.QUEUED, None, 0), NOW, "operator:x",
+                  [("acte", "délibération_€ – vœu.pdf")])
+    assert t.journal[0].data["files"] == [{"role": "acte", "name": "délibération_€ – vœu.pdf"}]
+
+
 def test_done_moves_to_next_step_then_completes() -> None:
     t = apply(Done(metadata={"signed": True}))
     assert t.state == eng.QUEUED and t.step == "send" and t.next_job is not None

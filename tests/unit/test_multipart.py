@@ -65,6 +65,19 @@ async def test_file_names_beyond_latin_1_are_kept_exactly(name: str) -> None:
     assert got == [("annexe", name, b"%PDF")]
 
 
+@pytest.mark.parametrize(("sent", "kept"), [
+    ("d%C3%A9lib%C3%A9ration_%E2%82%AC%20%E2%80%93%20v%C5%93u%2010%25.pdf",  # aiohttp
+     "délibération_€ – vœu 10%.pdf"),
+    ("remise 10%.pdf", "remise 10%.pdf"),  # no escape in it
+    ("taux%E9.pdf", "taux%E9.pdf"),  # an escape that is no UTF-8: kept as sent
+])
+async def test_percent_encoded_file_names_are_decoded_when_they_are_utf8(
+        sent: str, kept: str) -> None:
+    raw = body(part(f'form-data; name="annexe"; filename="{sent}"', b"%PDF"))
+    got = await read_all(MultipartReader(Pieces(raw, 13), CONTENT_TYPE))
+    assert got == [("annexe", kept, b"%PDF")]
+
+
 async def test_extended_filename_wins_over_the_plain_one() -> None:
     raw = body(part("form-data; name=\"document\"; filename=\"d_lib_ration.pdf\"; "
                     "filename*=UTF-8''d%C3%A9lib%C3%A9ration%20%E2%82%AC.pdf", b"x"))
