@@ -43,7 +43,7 @@ from connectors.actes.natures import ANNEX_KINDS, nature
 from connectors.actes.problems import ActesError, MessageError
 from connectors.actes.rules import ActeMetadata
 from connectors.actes.schema import violations
-from connectors.actes.xmlbind import ActesModel, local
+from connectors.actes.xmlbind import ENCODINGS, ActesModel, local
 
 MiB = 1024 * 1024
 _COPY_CHUNK = MiB
@@ -163,7 +163,7 @@ def build_archive(
     problems = [
         Problem(f"{name}:{line}", text)
         for name, data in xml.items()
-        for line, text in violations(parse_bytes(data))
+        for line, text in violations(parse_bytes(data, encodings=ENCODINGS))
     ]
     if problems:
         raise EnvelopeError(problems)
@@ -484,10 +484,10 @@ def read_archive(path: Path, dest_dir: Path, limits: Limits = Limits()) -> Archi
 def parse_member(member: Member, limits: Limits) -> etree._Element:
     """A member's XML, hardened and capped; ``EnvelopeError`` naming member and line."""
     try:
-        return parse_file(member.path, max_bytes=limits.max_xml_bytes)
+        return parse_file(member.path, max_bytes=limits.max_xml_bytes, encodings=ENCODINGS)
     except XmlError as exc:
         where = f"{member.name}:{exc.line}" if exc.line else member.name
-        raise EnvelopeError([Problem(where, str(exc).split(": ", 1)[-1])]) from exc
+        raise EnvelopeError([Problem(where, exc.reason)]) from exc
 
 
 def read_member(member: Member, root: etree._Element) -> ActesModel:

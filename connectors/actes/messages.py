@@ -17,10 +17,7 @@ from broker.flows.base import Problem
 from broker.xmlsafe import parse_bytes
 from connectors.actes.classification import Classification
 from connectors.actes.problems import MessageError
-from connectors.actes.xmlbind import ActesModel, X, local
-
-ENCODINGS = ("ISO-8859-1", "UTF-8")
-
+from connectors.actes.xmlbind import ENCODINGS, ActesModel, X, local
 
 # -- parts ----------------------------------------------------------------------------------
 
@@ -352,4 +349,4 @@ def read_message(data: bytes) -> ActesModel:
     Raises ``XmlError`` (with its line) for unreadable XML and ``MessageError`` for a
     message that lacks what its type needs.
     """
-    return read_element(parse_bytes(data))
+    return read_element(parse_bytes(data, encodings=ENCODINGS))

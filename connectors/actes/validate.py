@@ -33,7 +33,7 @@ from connectors.actes.names import MessageFileName, parse_name
 from connectors.actes.natures import find_nature
 from connectors.actes.problems import MessageError, problems_from
 from connectors.actes.schema import violations
-from connectors.actes.xmlbind import ACTES_NS, local
+from connectors.actes.xmlbind import ACTES_NS, ENCODINGS, local
 
 # Metadata field → (what it is in the message, the element whose line locates it).
 _ACTE_ITEMS = {
@@ -58,6 +58,9 @@ def validate_path(
     With the entity's ``classification``, codes and typologies are checked against it.
     """
     today = today or dt.date.today()
+    if path.stat().st_size == 0:
+        return [Problem(path.name, "empty file: an ACTES archive (tar.gz) or message (XML) "
+                        "was expected")]
     kind = sniff_file(path)
     if kind is FileKind.GZIP:
         return _archive(path, today, classification)
@@ -81,11 +84,17 @@ def _at(name: str, line: object) -> str:
 
 def _xml(name: str, path: Path) -> tuple[etree._Element | None, list[Problem]]:
     try:
-        root = parse_file(path)
+        root = parse_file(path, encodings=ENCODINGS)
     except XmlError as exc:
-        return None, [Problem(_at(name, exc.line), str(exc).split(": ", 1)[-1])]
-    if etree.QName(root).namespace != ACTES_NS or local(root) not in BY_ROOT:
-        return root, [Problem(_at(name, root.sourceline), f"{local(root)} is no ACTES message")]
+        return None, [Problem(_at(name, exc.line), exc.reason)]
+    namespace = etree.QName(root).namespace
+    if namespace != ACTES_NS:
+        found = f"found {namespace}" if namespace else "found none"
+        return root, [Problem(_at(name, root.sourceline), f"element {local(root)}: namespace "
+                              f"{ACTES_NS} expected, {found}")]
+    if local(root) not in BY_ROOT:
+        return root, [Problem(_at(name, root.sourceline), f"{local(root)} is no ACTES message "
+                              f"(messages: {', '.join(sorted(BY_ROOT))})")]
     problems = [Problem(_at(name, line), message) for line, message in violations(root)]
     return root, problems
 

@@ -26,6 +26,8 @@ from connectors.actes.problems import Loc, MessageError, problems_from
 
 ACTES_NS = "http://www.interieur.gouv.fr/ACTES#v1.1-20040216"
 INSEE_NS = "http://xml.insee.fr/schema"
+# The encodings ACTES messages may be written in (the format allows no other).
+ENCODINGS = ("UTF-8", "ISO-8859-1")
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 NSMAP: dict[str, str] = {"actes": ACTES_NS, "insee": INSEE_NS, "xsi": XSI_NS}
 SCHEMA_LOCATION = f"{ACTES_NS} actesv1_1.xsd"

@@ -204,8 +204,10 @@ async def test_transfer_acknowledged_and_accepted(step: Step, sae: Start) -> Non
     assert step.refs["sae_ack"] == "ACK_1"
     [received] = await server.transfers()
     assert received["files"] == [
-        {"uri": "deliberation.pdf", "sha256": step.files[0].sha256, "size": 5009},
-        {"uri": "annexe.xml", "sha256": step.files[1].sha256, "size": 9},
+        {"uri": "deliberation.pdf", "filename": "deliberation.pdf",
+         "sha256": step.files[0].sha256, "size": 5009},
+        {"uri": "annexe.xml", "filename": "annexe.xml", "sha256": step.files[1].sha256,
+         "size": 9},
     ]
     counts = server.stats
     assert (
@@ -340,6 +342,7 @@ async def test_large_archive_is_sent_in_chunks(step: Step, sae: Start) -> None:
     [received] = await server.transfers()
     assert received["files"][2] == {
         "uri": "scan.pdf",
+        "filename": "scan.pdf",
         "sha256": step.files[2].sha256,
         "size": 3 * 1024 * 1024,
     }

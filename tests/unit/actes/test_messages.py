@@ -19,7 +19,7 @@ from connectors.actes.messages import (
 )
 from connectors.actes.problems import MessageError
 from connectors.actes.schema import violations
-from connectors.actes.xmlbind import ACTES_NS, INSEE_NS, ActesModel
+from connectors.actes.xmlbind import ACTES_NS, ENCODINGS, INSEE_NS, ActesModel
 from tests.unit.actes.factory import ID_ACTE, acte, every_message
 
 MESSAGES = every_message()
@@ -40,11 +40,11 @@ def test_build_then_read_gives_the_same_message(message: ActesModel, encoding: s
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
 def test_what_is_built_passes_the_project_schema(message: ActesModel) -> None:
-    assert violations(parse_bytes(to_xml(message))) == []
+    assert violations(parse_bytes(to_xml(message), encodings=ENCODINGS)) == []
 
 
 def test_namespaces_and_qualified_attributes() -> None:
-    root = parse_bytes(to_xml(every_message()[-4]))  # EnveloppeCLMISILL
+    root = parse_bytes(to_xml(every_message()[-4]), encodings=ENCODINGS)  # EnveloppeCLMISILL
     assert root.tag == f"{{{ACTES_NS}}}EnveloppeCLMISILL"
     idcl = root.find(f"{{{ACTES_NS}}}Emetteur/{{{ACTES_NS}}}IDCL")
     assert idcl is not None
@@ -168,7 +168,7 @@ def test_hostile_xml_is_refused() -> None:
         b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxxxx">'
         b'<!ENTITY y "&x;&x;&x;&x;&x;&x;&x;&x;">]><actes:Annulation/>'
     )
-    with pytest.raises(XmlError, match="DOCTYPE/ENTITY declarations are not accepted"):
+    with pytest.raises(XmlError, match="DOCTYPE declaration not accepted"):
         read_message(bomb)
 
 
@@ -181,7 +181,7 @@ def test_malformed_xml_says_the_line() -> None:
 
 
 def test_encoding_must_be_one_acte_uses() -> None:
-    with pytest.raises(ValueError, match="ISO-8859-1, UTF-8"):
+    with pytest.raises(ValueError, match="UTF-8, ISO-8859-1"):
         to_xml(acte(), "UTF-16")
     with pytest.raises(TypeError, match="not a message"):
         to_xml(acte().document)

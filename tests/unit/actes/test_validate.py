@@ -116,7 +116,8 @@ def test_malformed_and_hostile_xml(tmp_path: Path) -> None:
     [problem] = validate_path(path)
     assert problem.field == "m.xml:4" and "mismatch" in problem.message
     path = write(tmp_path, "e.xml", b'<!DOCTYPE a [<!ENTITY x "x">]><a>&x;</a>')
-    assert validate_path(path) == [Problem("e.xml", "DOCTYPE/ENTITY declarations are not accepted")]
+    assert validate_path(path) == [Problem("e.xml:1", "DOCTYPE declaration not accepted: a "
+                                           "document here carries no DTD and no entities")]
 
 
 def test_neither_archive_nor_xml(tmp_path: Path) -> None:
@@ -126,7 +127,24 @@ def test_neither_archive_nor_xml(tmp_path: Path) -> None:
             "neither an ACTES archive (tar.gz) nor an ACTES message (XML): its content is PDF",
         )
     ]
-    assert "is no ACTES message" in validate_path(write(tmp_path, "b.xml", b"<b/>"))[0].message
+    assert validate_path(write(tmp_path, "b.xml", b"<b/>")) == [Problem(
+        "b.xml:1", "element b: namespace http://www.interieur.gouv.fr/ACTES#v1.1-20040216 "
+        "expected, found none")]
+    other = b'<a:Acte xmlns:a="http://www.interieur.gouv.fr/ACTES#v1.0"/>'
+    assert validate_path(write(tmp_path, "c.xml", other))[0].message.endswith(
+        "expected, found http://www.interieur.gouv.fr/ACTES#v1.0")
+    assert validate_path(write(tmp_path, "e.xml", b"")) == [Problem(
+        "e.xml", "empty file: an ACTES archive (tar.gz) or message (XML) was expected")]
+    unknown = b'<a:Facture xmlns:a="http://www.interieur.gouv.fr/ACTES#v1.1-20040216"/>'
+    assert "Facture is no ACTES message (messages: " in validate_path(
+        write(tmp_path, "f.xml", unknown))[0].message
+
+
+def test_a_truncated_message_is_said_to_be_cut_short(tmp_path: Path) -> None:
+    whole = act_xml()
+    (problem,) = validate_path(write(tmp_path, "t.xml", whole[: len(whole) // 2]))
+    assert problem.message.startswith("the file ends before the document does (truncated?)"), (
+        problem)
 
 
 def test_file_content_in_an_archive(tmp_path: Path) -> None:
