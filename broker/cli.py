@@ -44,6 +44,18 @@ def _settings(ctx: click.Context) -> Settings:
     return settings
 
 
+def _data_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--data-dir`` on the command itself too (``demat demo --data-dir D``)."""
+    def use(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+        if value is not None:
+            ctx.obj = Settings(data_dir=value)
+
+    return click.option("--data-dir", type=click.Path(path_type=Path), expose_value=False,
+                        callback=use, is_eager=True,
+                        help="Where the SQLite store and the files live (DEMAT_DATA_DIR, "
+                             "default ./var).")(fn)
+
+
 @click.group()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Where the SQLite store and the files live (DEMAT_DATA_DIR, default ./var).")
@@ -68,6 +80,7 @@ def _with_listen(settings: Settings, host: str | None, port: int | None) -> Sett
 
 @main.command()
 @_serve_options
+@_data_dir_option
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """API, relay and workers in one process (embedded queues unless DEMAT_AMQP_URL)."""
@@ -76,6 +89,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 @main.command()
 @_serve_options
+@_data_dir_option
 @click.pass_context
 def api(ctx: click.Context, host: str | None, port: int | None) -> None:
     """The HTTP API alone (needs DEMAT_AMQP_URL and a shared database)."""
@@ -85,6 +99,7 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
 @main.command()
 @click.option("--connector", "connectors", multiple=True,
               help="Serve only these connectors' queues (default: all).")
+@_data_dir_option
 @click.pass_context
 def worker(ctx: click.Context, connectors: tuple[str, ...]) -> None:
     """A worker process consuming connector queues."""
@@ -92,6 +107,7 @@ def worker(ctx: click.Context, connectors: tuple[str, ...]) -> None:
 
 
 @main.command()
+@_data_dir_option
 @click.pass_context
 def relay(ctx: click.Context) -> None:
     """The relay: publishes due jobs, recovers lost ones, parks poison messages."""
@@ -130,6 +146,7 @@ def validate(flow: str, path: Path) -> None:
 @main.command()
 @_serve_options
 @click.option("--documents", type=int, default=3, help="Sample documents to submit.")
+@_data_dir_option
 @click.pass_context
 def demo(ctx: click.Context, host: str | None, port: int | None, documents: int) -> None:
     """Serve with simulators, a sample entity and sample documents; prints KEY=VALUE lines."""
@@ -150,6 +167,7 @@ def token() -> None:
 @click.option("--entity", help="SIREN: a token that sees and submits for this entity only.")
 @click.option("--operator", is_flag=True, help="A platform operator token (sees all, replays).")
 @click.option("--label", default="")
+@_data_dir_option
 @click.pass_context
 def token_create(ctx: click.Context, entity: str | None, operator: bool, label: str) -> None:
     """Create a token and print it (only its hash is stored)."""
@@ -176,6 +194,7 @@ def entity() -> None:
 @click.option("--name", required=True)
 @click.option("--set", "sets", multiple=True, metavar="CONNECTOR.KEY=VALUE",
               help="Connector setting, e.g. --set depot.url=http://gf/inbox")
+@_data_dir_option
 @click.pass_context
 def entity_add(ctx: click.Context, siren: str, name: str, sets: tuple[str, ...]) -> None:
     """Add or update an entity."""
@@ -481,6 +500,7 @@ def journal_group() -> None:
 
 
 @journal_group.command("verify")
+@_data_dir_option
 @click.pass_context
 def journal_verify(ctx: click.Context) -> None:
     """Check the whole chain; name the first altered or missing entry."""
@@ -508,6 +528,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
+@_data_dir_option
 @click.pass_context
 def db_upgrade(ctx: click.Context) -> None:
     """Apply pending migrations."""

@@ -107,12 +107,27 @@ def _samples(count: int) -> list[tuple[str, dict[str, Any], str, str, bytes]]:
     return acts + deposits
 
 
+async def _fetch_classification(http: aiohttp.ClientSession, api_url: str) -> None:
+    """Fetch the sample entity's classification and wait for it: acts are checked against it."""
+    async with http.post(f"{api_url}/api/v1/entities/{SAMPLE_ENTITY}/classification") as resp:
+        fetch: dict[str, Any] = await resp.json()
+        if resp.status != 202:
+            raise RuntimeError(f"classification refresh refused: {fetch}")
+    for _ in range(300):
+        async with http.get(f"{api_url}/api/v1/documents/{fetch['id']}") as resp:
+            doc: dict[str, Any] = await resp.json()
+        if doc["state"] == "completed":
+            return
+        if doc["state"] in ("failed", "rejected", "cancelled"):
+            raise RuntimeError(f"classification fetch {doc['state']}: {doc.get('last_error')}")
+        await asyncio.sleep(0.1)
+    raise RuntimeError("classification fetch still not done after 30 s")
+
+
 async def _submit_samples(api_url: str, token: str, count: int) -> list[str]:
     ids = []
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
-        async with http.post(f"{api_url}/api/v1/entities/{SAMPLE_ENTITY}/classification") as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"classification refresh failed: {await resp.text()}")
+        await _fetch_classification(http, api_url)
         for flow, metadata, role, name, content in _samples(count):
             form = aiohttp.FormData()
             form.add_field("flow", flow)

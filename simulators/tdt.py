@@ -835,7 +835,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     cert_dir = args.cert_dir or Path(tempfile.mkdtemp(prefix="demat-tdt-certs-"))
-    certs = ensure_certs(cert_dir)
+    try:
+        _run(args, ensure_certs(cert_dir))
+    finally:
+        if args.cert_dir is None:  # made for this run: gone with it
+            shutil.rmtree(cert_dir, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, certs: CertFiles) -> None:
     app = build_app(
         authority=Authority(
             args.siren, args.departement, args.arrondissement, args.authority_nature
