@@ -321,7 +321,7 @@ class SaeConnector:
             return Done(metadata={"archive": archive}, files=(atr,), note="archived")
         code = reply.reply_code or "no code"
         return Rejected(
-            reason=f"{code}: {reply.reason}",
+            reason=f"SAE refused the transfer: {code} {reply.reason}",
             metadata={"archive": {"transfer_id": transfer_id, "reply_code": reply.reply_code}},
             files=(atr,),
         )

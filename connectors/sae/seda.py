@@ -419,10 +419,17 @@ class TransferReply:
         return self.reply_code == "000"
 
     @property
+    def meaning(self) -> str:
+        """What the reply code means in the SEDA code list."""
+        if self.reply_code is None:
+            return "no reply code given"
+        return REPLY_CODES.get(self.reply_code, "a code outside the SEDA list")
+
+    @property
     def reason(self) -> str:
-        if self.comments:
-            return " ".join(self.comments)
-        return REPLY_CODES.get(self.reply_code or "", "no reply code given")
+        """The code's meaning, then the SAE's own comment when it gave one."""
+        said = " ".join(self.comments)
+        return f"{self.meaning}: {said}" if said else self.meaning
 
 
 class _Reader:

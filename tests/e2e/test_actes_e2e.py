@@ -556,7 +556,9 @@ async def test_an_sae_refusal_ends_rejected_with_its_reply_code(refusing: Served
     doc = await wait_state(refusing.api, doc_id, TERMINAL, 30)
     assert doc["state"] == "rejected", doc
     assert doc["step"] == "archive"
-    assert doc["last_error"].startswith("302: "), doc["last_error"]
+    # The code, what it means in the SEDA list, then the SAE's own words.
+    assert doc["last_error"].startswith(
+        "SAE refused the transfer: 302 producer not in the agreement: "), doc["last_error"]
     assert "accord de versement" in doc["last_error"], doc["last_error"]
     assert doc["metadata"]["archive"]["reply_code"] == "302"
     # Acknowledged before the SAE refused: the IDActe stays.

@@ -250,7 +250,8 @@ async def test_refusal_is_rejected_with_the_code_and_the_reason(step: Step, sae:
     rejected = await step.run(server.config(), kind="poll")
 
     assert isinstance(rejected, Rejected)
-    assert rejected.reason == "302: Producteur absent de l'accord de versement"
+    assert rejected.reason == ("SAE refused the transfer: 302 producer not in the agreement: "
+                               "Producteur absent de l'accord de versement")
     assert rejected.metadata == {"archive": {"transfer_id": TRANSFER, "reply_code": "302"}}
     [atr] = rejected.files
     assert atr.role == "atr" and read_transfer_reply(atr.path.read_bytes()).reply_code == "302"
@@ -299,7 +300,7 @@ async def test_digest_mismatch_is_refused_by_the_sae(step: Step, sae: Start) -> 
     reply = read_transfer_reply(answer.body)
     assert reply.reply_code == "207"
     assert reply.reason == (
-        f"Empreinte invalide pour deliberation.pdf : déclarée {wrong}, "
+        f"invalid digest(s): Empreinte invalide pour deliberation.pdf : déclarée {wrong}, "
         f"calculée {step.files[0].sha256}"
     )
     assert (server.stats["refused"], server.stats["accepted"]) == (1, 0)

@@ -287,7 +287,7 @@ def test_refusal_reason_is_the_sae_comment_or_the_code_meaning() -> None:
         "207",
         "demat-d",
     )
-    assert commented.reason == "Empreinte invalide pour a.pdf"
+    assert commented.reason == "invalid digest(s): Empreinte invalide pour a.pdf"
     assert (bare.accepted, bare.reason) == (False, "agreement quota exceeded")
 
 
