@@ -203,13 +203,23 @@ def _act(
     except ValidationError as exc:
         return _placed(name, root, problems_from(exc))
     uploads: list[UploadedFile] = []
+    absent: list[Problem] = []
     if files is not None:
         uploads, missing = uploaded_files(acte, files)
-        found += [
-            Problem("files", f"{n!r} is named in the message but not in the archive")
-            for n in missing
-        ]
-    return _placed(name, root, found + rules.check_act(meta, uploads, classification, today))
+        absent = [_absent(name, root, acte, n) for n in missing]
+    checked = rules.check_act(meta, uploads, classification, today)
+    if absent:  # the absent file is the problem; its count would only repeat it
+        checked = [p for p in checked if not p.field.startswith("files")]
+    return absent + _placed(name, root, found + checked)
+
+
+def _absent(name: str, root: etree._Element, acte: DonneesActe, file_name: str) -> Problem:
+    """A file the message names that the archive lacks, at the line that names it."""
+    item = "Document" if file_name == acte.document.nom_fichier else "Annexes"
+    naming = next((e for e in root.iter() if local(e) == "NomFichier"
+                   and (e.text or "").strip() == file_name), root)
+    return Problem(_at(name, naming.sourceline),
+                   f"{item}: {file_name!r} is named in the message but not in the archive")
 
 
 def _name_matches(name: str, acte: DonneesActe, sender: IDCL) -> list[Problem]:

@@ -54,7 +54,9 @@ def archive(
 
 
 def act_xml(**changes: object) -> bytes:
-    return to_xml(acte(annexes=[], document=FichierSigne(nom_fichier=DOCUMENT), **changes))
+    fields: dict[str, object] = {"annexes": [], "document": FichierSigne(nom_fichier=DOCUMENT),
+                                 **changes}
+    return to_xml(acte(**fields))
 
 
 def test_a_built_archive_is_valid(tmp_path: Path) -> None:
@@ -70,6 +72,18 @@ def test_a_built_archive_is_valid(tmp_path: Path) -> None:
     assert validate_path(built.path, today=TODAY) == []
     assert validate_path(built.path, today=TODAY, classification=classification()) == []
     assert validate_path(archive(tmp_path, act_xml()), today=TODAY) == []
+
+
+def test_a_file_missing_from_the_archive_is_named_where_the_message_names_it(
+        tmp_path: Path) -> None:
+    message = act_xml(document=FichierSigne(nom_fichier=f"99_DE-{BASE}_9.pdf"))
+    problems = validate_path(archive(tmp_path, message), today=TODAY)
+    line = next(n for n, text in enumerate(message.decode("iso8859-1").splitlines(), 1)
+                if f"99_DE-{BASE}_9.pdf" in text)
+    assert problems[0] == Problem(
+        f"{MESSAGE}:{line}",
+        f"Document: '99_DE-{BASE}_9.pdf' is named in the message but not in the archive")
+    assert not any("at least 1" in p.message for p in problems), problems
 
 
 def test_schema_violations_have_lines(tmp_path: Path) -> None:
