@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from broker import accounts
 from broker import engine as eng
 from broker.accounts import Principal
 from broker.errors import ServiceError, not_found
@@ -31,6 +32,9 @@ async def refresh_classification(rt: Runtime, who: Principal, entity: str,
                            [Problem("flow", f"a flow with a classification ({with_one})")])
     if not who.may_see(entity):
         raise not_found(f"entity {entity}")
+    async with rt.db.connect() as conn:  # the path names it: unknown is "not found"
+        if await accounts.get_entity(conn, entity) is None:
+            raise not_found(f"entity {entity}")
     return await submit(rt, who, flow.classification_by, entity,
                         json.dumps({"of": flow_name}), [])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from broker import accounts, entities, intake, operations, views
 from broker.accounts import Principal
 from broker.api import models, openapi
+from broker.api.query import query
 from broker.blobs import TooLarge
 from broker.errors import ServiceError
 from broker.flows.base import Problem
@@ -158,27 +158,16 @@ async def submit(request: web.Request) -> web.Response:
     return web.json_response(result.document, status=201 if result.created else 200)
 
 
-def _int(request: web.Request, name: str, default: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ServiceError(422, f"{name} must be an integer",
-                           [Problem(name, f"not an integer: {raw!r}")]) from exc
-
-
 async def get_document(request: web.Request) -> web.Response:
     return web.json_response(await views.get_document(_rt(request), _who(request),
                                                         request.match_info["id"]))
 
 
 async def list_documents(request: web.Request) -> web.Response:
-    q = request.query
     page = await views.list_documents(
-        _rt(request), _who(request), entity=q.get("entity"), flow=q.get("flow"),
-        state=q.get("state"), limit=_int(request, "limit", 100), cursor=q.get("cursor"))
+        _rt(request), _who(request), entity=query(request, "entity"),
+        flow=query(request, "flow"), state=query(request, "state"),
+        limit=query(request, "limit", 100), cursor=query(request, "cursor"))
     return web.json_response(page)
 
 
@@ -216,31 +205,33 @@ async def action(request: web.Request) -> web.Response:
 async def get_classification(request: web.Request) -> web.Response:
     return web.json_response(await views.classification_of(
         _rt(request), _who(request), request.match_info["siren"],
-        request.query.get("flow", "actes")))
+        query(request, "flow", "actes")))
 
 
 async def refresh_classification(request: web.Request) -> web.Response:
     result = await operations.refresh_classification(
         _rt(request), _who(request), request.match_info["siren"],
-        request.query.get("flow", "actes"))
+        query(request, "flow", "actes"))
     # Accepted: the fetch is a document's step; its page says when it is done.
     return web.json_response(result.document, status=202)
 
 
 async def _body(request: web.Request, model: type[BaseModelT]) -> BaseModelT:
     try:
-        return model.model_validate(await request.json())
-    except json.JSONDecodeError as exc:
-        raise ServiceError(400, f"body is not JSON: {exc.msg}") from exc
+        return model.model_validate_json(await request.read())
     except ValidationError as exc:
+        errors = exc.errors()
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise ServiceError(400, "body is not JSON (UTF-8): " + "; ".join(
+                e["msg"] for e in errors)) from exc
         problems = [Problem(".".join(str(p) for p in e["loc"]) or "body", e["msg"])
-                    for e in exc.errors()]
+                    for e in errors]
         raise ServiceError(422, "invalid request body", problems) from exc
 
 
 async def list_entities(request: web.Request) -> web.Response:
     return web.json_response(await entities.list_entities(
-        _rt(request), _who(request), _int(request, "limit", 100), request.query.get("cursor")))
+        _rt(request), _who(request), query(request, "limit", 100), query(request, "cursor")))
 
 
 async def create_entity(request: web.Request) -> web.Response:
@@ -271,17 +262,16 @@ async def check_connector(request: web.Request) -> web.Response:
 
 
 async def recent_events(request: web.Request) -> web.Response:
-    q = request.query
     return web.json_response(await views.recent_events(
-        _rt(request), _who(request), after=_int(request, "after", 0),
-        limit=_int(request, "limit", 100), entity=q.get("entity"), flow=q.get("flow")))
+        _rt(request), _who(request), after=query(request, "after", 0),
+        limit=query(request, "limit", 100), entity=query(request, "entity"),
+        flow=query(request, "flow")))
 
 
 async def parking(request: web.Request) -> web.Response:
-    q = request.query
     return web.json_response(await views.parking(
-        _rt(request), _who(request), entity=q.get("entity"), flow=q.get("flow"),
-        limit=_int(request, "limit", 100), cursor=q.get("cursor")))
+        _rt(request), _who(request), entity=query(request, "entity"), flow=query(request, "flow"),
+        limit=query(request, "limit", 100), cursor=query(request, "cursor")))
 
 
 async def replay(request: web.Request) -> web.Response:
@@ -322,8 +312,8 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def openapi_json(_request: web.Request) -> web.Response:
-    return web.json_response(openapi.build())
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi.build(_rt(request).flows))
 
 
 def build_app(runtime: Runtime) -> web.Application:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 
 class ProblemOut(BaseModel):
@@ -58,14 +58,24 @@ class JournalEntryOut(BaseModel):
     actor: str
 
 
+# A replay names at least one of these (not null), or says all=true.
+_ONE_GIVEN: list[JsonValue] = [
+    {"required": [key], "properties": {key: {"not": {"type": "null"}}}}
+    for key in ("id", "ids", "entity", "flow", "step", "error")]
+
+
 class ReplayIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str | None = None
-    ids: list[str] = []
-    entity: str | None = None
-    flow: str | None = None
-    step: str | None = None
-    error: str | None = Field(None, description="replay those whose last error contains this")
+    """What to replay: one id, ids, a filter or ``all``; at least one of them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "anyOf": [*_ONE_GIVEN, {"required": ["all"], "properties": {"all": {"const": True}}}]})
+    id: str | None = Field(None, min_length=1)
+    ids: list[Annotated[str, Field(min_length=1)]] = Field([], min_length=1)
+    entity: str | None = Field(None, pattern=r"^[0-9]{9}$")
+    flow: str | None = Field(None, min_length=1)
+    step: str | None = Field(None, min_length=1)
+    error: str | None = Field(None, min_length=1,
+                              description="replay those whose last error contains this")
     all: bool = False
     limit: int = Field(100, ge=1, le=1000)
 
@@ -80,13 +90,14 @@ class SubmitForm(BaseModel):
     """multipart/form-data: these fields, plus one file part per file, named by its role."""
 
     flow: str
-    entity: str = Field(description="SIREN of the authority (optional with an entity token)")
+    entity: str = Field(pattern=r"^[0-9]{9}$",
+                        description="SIREN of the authority (optional with an entity token)")
     metadata: str = Field("{}", description="a JSON object")
 
 
 class EntityIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    siren: str = Field(description="9 digits, with a valid check digit")
+    model_config = ConfigDict(extra="forbid", strict=True)
+    siren: str = Field(pattern=r"^[0-9]{9}$", description="9 digits, with a valid check digit")
     name: str = Field(min_length=1, max_length=255)
     connectors: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="settings by settings key (depot, parapheur, tdt, "
@@ -94,7 +105,7 @@ class EntityIn(BaseModel):
 
 
 class EntityPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str | None = Field(None, min_length=1, max_length=255)
     connectors: dict[str, dict[str, Any] | None] | None = Field(
         None, description="merged into the stored settings: a table field by field (a secret "

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from broker.api import models as m
+from broker.api.query import rule
+from broker.flows.base import Flow
 
 _MODELS: list[type[BaseModel]] = [m.ErrorOut, m.DocumentOut, m.DocumentPage, m.JournalEntryOut,
                                   m.ReplayIn, m.ReplayOut, m.SubmitForm, m.EntityIn,
@@ -23,23 +26,32 @@ def _json(model: type[BaseModel] | dict[str, Any], description: str = "OK") -> d
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+# Every operation may answer these; an operation's own entries say more where they can.
 _ERRORS = {str(code): _json(m.ErrorOut, text) for code, text in (
+    (400, "malformed request: a body that is not JSON or not multipart, a bad header"),
     (401, "missing or unknown token"), (403, "not allowed for this token"),
-    (404, "not found (or not visible to this token)"))}
+    (404, "not found (or not visible to this token)"),
+    (422, "invalid input, each problem named with its field"))}
 
 
 def _body(model: type[BaseModel]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
 
 
-def _param(name: str, where: str = "query", required: bool = False) -> dict[str, Any]:
+def _param(name: str, where: str = "query", required: bool = False,
+           schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"name": name, "in": where, "required": required or where == "path",
-            "schema": {"type": "string"}}
+            "schema": schema or rule(name).schema}
 
 
-def build() -> dict[str, Any]:
+def build(flows: Mapping[str, Flow]) -> dict[str, Any]:
+    """The document for a build serving ``flows`` (their names are the enums it lists)."""
     _, defs = models_json_schema([(model, "validation") for model in _MODELS],
                                  ref_template="#/components/schemas/{model}")
+    submittable = sorted(n for n, f in flows.items() if not f.incoming_only)
+    defs["$defs"]["SubmitForm"]["properties"]["flow"]["enum"] = submittable
+    classified = _param("flow", schema={"type": "string", "default": "actes", "enum": sorted(
+        n for n, f in flows.items() if f.classification_by)})
     doc_id = _param("id", "path")
     siren = _param("siren", "path")
     return {
@@ -55,7 +67,8 @@ def build() -> dict[str, Any]:
                 "post": {
                     "summary": "Submit a document (multipart: flow, entity, metadata, files)",
                     "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                    "schema": {"type": "string", "maxLength": 128},
+                                    "schema": {"type": "string", "minLength": 1,
+                                               "maxLength": 128},
                                     "description": "resending with the same key returns the "
                                                    "first document (200) instead of a new one"}],
                     "requestBody": {"required": True, "content": {
@@ -64,6 +77,7 @@ def build() -> dict[str, Any]:
                                   "200": _json(m.DocumentOut, "already accepted (same key)"),
                                   **_ERRORS,
                                   "413": _json(m.ErrorOut, "upload too large"),
+                                  "415": _json(m.ErrorOut, "not multipart/form-data"),
                                   "422": _json(m.ErrorOut, "invalid fields, named")},
                 },
                 "get": {
@@ -126,12 +140,12 @@ def build() -> dict[str, Any]:
                               "422": _json(m.ErrorOut, "no settings for it")}}},
             "/api/v1/entities/{siren}/classification": {
                 "get": {"summary": "The entity's current classification (ACTES: from 7-2)",
-                        "parameters": [_param("siren", "path"), _param("flow")],
+                        "parameters": [siren, classified],
                         "responses": {"200": {"description": "version date and codes"},
                                       **_ERRORS}},
                 "post": {"summary": "Fetch it again from the peer (the TdT): a document of flow "
                                     "classification, whose step is retried and journaled",
-                         "parameters": [_param("siren", "path"), _param("flow")],
+                         "parameters": [siren, classified],
                          "responses": {"202": _json(m.DocumentOut, "the classification "
                                                     "document, queued"), **_ERRORS}}},
             "/api/v1/events": {"get": {

@@ -138,7 +138,7 @@ async def test_an_entity_with_documents_not_ended_cannot_be_removed(api: Client)
 
 
 def test_the_openapi_document_describes_the_entities_api() -> None:
-    paths = openapi()["paths"]
+    paths = openapi(catalog().flows)["paths"]
     assert set(paths["/api/v1/entities"]) == {"get", "post"}
     assert set(paths["/api/v1/entities/{siren}"]) == {"get", "patch", "delete"}
     assert "post" in paths["/api/v1/entities/{siren}/connectors/{name}/check"]
