@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from broker.flows.base import Problem, UploadedFile
 from broker.sniff import FileKind, sniff_file
 from broker.xmlsafe import XmlError, parse_file
-from connectors.actes import rules
+from connectors.actes import consistency, rules
 from connectors.actes.classification import Classification
 from connectors.actes.envelope import (
     EnvelopeError,
@@ -125,6 +125,12 @@ def _archive(path: Path, today: dt.date, classification: Classification | None) 
             return exc.problems
         if isinstance(contents.envelope, EnveloppeCLMISILL) and contents.envelope_name:
             problems += _sender(contents.envelope_name, contents.envelope.emetteur)
+            problems += consistency.message_problems(
+                contents.envelope_name, roots[contents.envelope_name], contents.envelope, None)
+        elif contents.envelope is not None and contents.envelope_name in roots:
+            problems += consistency.message_problems(
+                contents.envelope_name, roots[contents.envelope_name], contents.envelope, None)
+        problems += consistency.archive_problems(path.name, contents, roots)
         for received in contents.messages:
             problems += _rules(
                 received.name,
@@ -166,11 +172,12 @@ def _rules(
         message = read_element(root)
     except MessageError as exc:
         return [Problem(f"{name}:{p.field}", p.message) for p in exc.problems]
+    consistent = consistency.message_problems(name, root, message, classification)
     if isinstance(message, EnveloppeCLMISILL):
-        return _sender(name, message.emetteur)
+        return _sender(name, message.emetteur) + consistent
     if not isinstance(message, DonneesActe):
-        return []
-    problems = _act(name, root, message, today, classification, files)
+        return consistent
+    problems = consistent + _act(name, root, message, today, classification, files)
     if sender is not None:
         problems += _name_matches(name, message, sender)
     return problems

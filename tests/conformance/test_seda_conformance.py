@@ -230,7 +230,8 @@ ATR_SAMPLES: list[tuple[str, dict[str, Any]]] = [
             "reply_code": "300",
             "archive_id": None,
             "accepted": False,
-            "reason": "Votre transfert d'archive a été rejeté par la plate-forme as@lae",
+            "reason": "invalid agreement: Votre transfert d'archive a été rejeté par la "
+                      "plate-forme as@lae",
         },
     ),
 ]

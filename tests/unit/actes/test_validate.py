@@ -80,9 +80,13 @@ def test_a_file_missing_from_the_archive_is_named_where_the_message_names_it(
     problems = validate_path(archive(tmp_path, message), today=TODAY)
     line = next(n for n, text in enumerate(message.decode("iso8859-1").splitlines(), 1)
                 if f"99_DE-{BASE}_9.pdf" in text)
-    assert problems[0] == Problem(
+    assert Problem(
         f"{MESSAGE}:{line}",
-        f"Document: '99_DE-{BASE}_9.pdf' is named in the message but not in the archive")
+        f"Document: '99_DE-{BASE}_9.pdf' is named in the message but not in the archive",
+    ) in problems
+    # The file that came instead is one no message names.
+    assert Problem(DOCUMENT, "in the archive but neither the envelope, a message it lists "
+                   "nor a file a message names") in problems
     assert not any("at least 1" in p.message for p in problems), problems
 
 
@@ -182,6 +186,10 @@ def test_name_and_sender_in_an_archive(tmp_path: Path) -> None:
             "EACT--214400152--20240302-1.xml",
             "IDCL siren: SIREN 214400153 fails its checksum (Luhn)",
         ),
+        Problem("EACT--214400152--20240302-1.xml",
+                "the name's SIREN 214400152 is not the IDCL SIREN 214400153"),
+        Problem(f"{wrong}:9", f"the act document {DOCUMENT!r} must be named "
+                f"[TYPE-]{wrong.removesuffix('_0.xml')}_1.<ext> after its message"),
         Problem(
             wrong,
             "the name does not match the act and its envelope (expected "
