@@ -219,7 +219,8 @@ def schema_problems(schema: etree.XMLSchema, root: etree._Element) -> list[str]:
 
 def iter_elements(source: IO[bytes] | Path, tag: str | None = None,
                   max_bytes: int = 512 * 1024 * 1024,
-                  encodings: Collection[str] = UTF8_ONLY) -> Elements:
+                  encodings: Collection[str] = UTF8_ONLY,
+                  events: tuple[str, ...] = ("end",)) -> Elements:
     """Streaming parse for large files (memory stays flat); caller clears elements.
 
     The gate judges the prolog (everything before the root element, where a DTD would
@@ -232,10 +233,10 @@ def iter_elements(source: IO[bytes] | Path, tag: str | None = None,
     head, root_line = _with_prolog(head, stream, encoding)
     stream = io.BufferedReader(_Capped(_Prefixed(head[encoding.bom:], stream),  # type: ignore[type-var]
                                        max_bytes))
-    events = etree.iterparse(stream, events=("end", "start-ns"), tag=tag,
+    parsed = etree.iterparse(stream, events=(*events, "start-ns"), tag=tag,
                              resolve_entities=False, no_network=True, load_dtd=False,
                              huge_tree=True, encoding=encoding.name)
-    return Elements(events, root_line)
+    return Elements(parsed, root_line)
 
 
 class Elements:

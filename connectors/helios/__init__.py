@@ -1,4 +1,8 @@
 """HELIOS: PES V2 flows between the finance software, the parapheur, the TdT and the DGFiP.
 
+- ``pes``: a PES_Aller judged while it streams, by the DGFiP's rules, and its indexed fields;
 - ``acquit``: PES_ACQUIT and PES_NONACQUIT, read element by element.
+
+Not wired into a flow yet: the ``helios`` flow comes with the project's PES schema, the
+XAdES checks and the TdT's HELIOS module.
 """

@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from tests.e2e import chaos
-from tests.e2e.conftest import ENTITY, write_config
+from tests.e2e.conftest import ENTITY, OTHER_ENTITY, write_config
 from tests.e2e.harness import (
     Api,
     Proc,
@@ -28,6 +28,7 @@ from tests.e2e.harness import (
     demat_env,
     isolated_amqp,
     run_cli,
+    set_faults,
     start_simulator,
     start_split_layout,
 )
@@ -83,7 +84,11 @@ async def test_a_step_that_kills_its_worker_every_time_is_parked_after_the_limit
         url = await start_split_layout(env, workers, procs, tmp_path)
         api = Api(url, token)
         try:
-            status, poison = await api.submit(ENTITY, [("document", "poison.xml", b"<p/>")])
+            # The poison's inbox never answers: its step runs until its worker is killed,
+            # every time, however fast the machine (the others' inbox answers at once).
+            await set_faults(gf_url, [{"kind": "hang", "path": "/no-such-inbox"}])
+            status, poison = await api.submit(OTHER_ENTITY,
+                                              [("document", "poison.xml", b"<p/>")])
             assert status == 201, poison
             kills: list[int] = []
 

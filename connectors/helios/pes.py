@@ -1,0 +1,348 @@
+"""A PES_Aller judged while it streams, by the DGFiP's rules, and its indexed fields.
+
+The file is read once, element by element (each cleared when done), so memory stays flat
+whatever its size; a PJ's base64 is decoded and inflated under a cap. Each problem names
+the file, the line and the element's path (``PES_DepenseAller/Bordereau[2]/BlocBordereau/
+MtBordHT``) and what was expected. The schema check runs beside these rules (see
+``connectors.helios.schema`` once it lands); these are what no schema says.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import IO
+
+from lxml import etree
+
+from broker.flows.base import Problem
+from broker.ids import luhn_ok
+from broker.xmlsafe import XmlError, iter_elements
+
+PES_NS = "http://www.minefi.gouv.fr/cp/helios/pes_v2/Rev0/aller"
+DSIG = "http://www.w3.org/2000/09/xmldsig#"
+# The DGFiP takes PES in ISO-8859-1 only, declared at the very start.
+ENCODINGS = ("ISO-8859-1",)
+MAX_PES_BYTES = 128 * 1024 * 1024
+# What one PJ may inflate to (a gzip bomb stops here).
+MAX_PJ_BYTES = 64 * 1024 * 1024
+_DOMAINS = {"PES_DepenseAller": "depense", "PES_RecetteAller": "recette"}
+_UNITS = frozenset({"Enveloppe", "EnTetePES", "Piece", "Bordereau", "PJ", "PES_DepenseAller",
+                    "PES_RecetteAller", "PES_Facture", "PES_PJ"})
+# Fields whose base type (V_BaseAlphanum) forbids all-zero values; CodBud "00" is the
+# main budget and stays.
+_NO_BLANK = frozenset({"CodCol"})
+_FORMS = {
+    "CodCol": (re.compile(r"[0-9A-Za-z]{3}"), "3 letters or digits"),
+    "CodBud": (re.compile(r"[0-9A-Za-z]{2}"), "2 letters or digits"),
+    "IdPost": (re.compile(r"[0-9]{6}"), "the 6-digit code of the public accountant's post"),
+}
+
+
+@dataclass
+class Bordereau:
+    """A bordereau as read: where it is, its numbers, its amounts."""
+
+    domain: str
+    line: int
+    path: str
+    id: str | None
+    exercice: str | None = None
+    number: str | None = None
+    declared_pieces: int | None = None
+    declared_amount: Decimal | None = None
+    pieces: int = 0
+    amount: Decimal = Decimal(0)
+    signed: bool = False
+
+
+@dataclass
+class PesSummary:
+    """The indexed fields of a PES_Aller (they go into the document's metadata)."""
+
+    nom_fic: str | None = None
+    id_coll: str | None = None
+    cod_col: str | None = None
+    cod_bud: str | None = None
+    id_post: str | None = None
+    dte_str: str | None = None
+    bordereaux: list[Bordereau] = field(default_factory=list)
+    pj: int = 0
+    signed_whole: bool = False
+    info_dematerialisee: bool = False
+
+    @property
+    def exercice(self) -> str | None:
+        return next((b.exercice for b in self.bordereaux if b.exercice), None)
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "nom_fic": self.nom_fic, "id_coll": self.id_coll, "cod_col": self.cod_col,
+            "cod_bud": self.cod_bud, "id_post": self.id_post, "dte_str": self.dte_str,
+            "exercice": self.exercice, "pieces": sum(b.pieces for b in self.bordereaux),
+            "pj": self.pj, "bordereaux": [
+                {"domain": b.domain, "id": b.id, "exercice": b.exercice, "number": b.number,
+                 "pieces": b.pieces, "amount": str(b.amount), "signed": b.signed}
+                for b in self.bordereaux]}
+
+
+@dataclass
+class _Reading:
+    name: str
+    summary: PesSummary = field(default_factory=PesSummary)
+    problems: list[Problem] = field(default_factory=list)
+    path: list[str] = field(default_factory=list)
+    seen: Counter[str] = field(default_factory=Counter)
+    ranks: list[Counter[str]] = field(default_factory=lambda: [Counter()])
+    pj_ids: set[str] = field(default_factory=set)
+    pj_refs: list[tuple[str, int, str]] = field(default_factory=list)
+    bordereau_ids: dict[str, int] = field(default_factory=dict)
+    current: Bordereau | None = None
+
+    def say(self, line: int | None, where: str, message: str) -> None:
+        at = f"{self.name}:{line}" if line else self.name
+        self.problems.append(Problem(at, f"{where}: {message}" if where else message))
+
+
+def _v(element: etree._Element) -> str:
+    return (element.get("V") or "").strip()
+
+
+def _line(element: etree._Element) -> int | None:
+    line = element.sourceline
+    return line if isinstance(line, int) else None
+
+
+def _local(element: etree._Element) -> str:
+    return etree.QName(element).localname
+
+
+def check_pes(source: Path | IO[bytes], name: str | None = None,
+              max_bytes: int = MAX_PES_BYTES) -> tuple[PesSummary, list[Problem]]:
+    """Every problem of the PES in ``source`` (streamed once), and what it says."""
+    if isinstance(source, Path):
+        with source.open("rb") as stream:
+            return check_pes(stream, name or source.name, max_bytes)
+    reading = _Reading(name or "pes.xml")
+    head = source.read(64)
+    if b'encoding="ISO-8859-1"' not in head[:50] and b"encoding='ISO-8859-1'" not in head[:50]:
+        reading.say(1, "", "the XML declaration must say encoding=\"ISO-8859-1\" within the "
+                    "first 50 bytes (the DGFiP reads nothing else)")
+    counting = _Latin1Check(source, head, reading)
+    try:
+        for event, element in _events(counting, max_bytes):
+            _on(reading, event, element)
+    except XmlError as exc:
+        reading.say(exc.line, "/".join(reading.path), exc.reason)
+        return reading.summary, reading.problems
+    _after(reading)
+    return reading.summary, reading.problems
+
+
+def _events(stream: _Latin1Check, max_bytes: int) -> Iterator[tuple[str, etree._Element]]:
+    yield from iter_elements(stream, max_bytes=max_bytes,  # type: ignore[arg-type]
+                             encodings=ENCODINGS, events=("start", "end"))
+
+
+def _on(r: _Reading, event: str, element: etree._Element) -> None:
+    tag = _local(element)
+    if event == "start":
+        rank = r.ranks[-1]
+        rank[tag] += 1
+        r.path.append(f"{tag}[{rank[tag]}]" if rank[tag] > 1 else tag)
+        r.ranks.append(Counter())
+        if tag == "Bordereau" and len(r.path) >= 2 and r.path[-2].split("[")[0] in _DOMAINS:
+            r.current = Bordereau(_DOMAINS[r.path[-2].split("[")[0]], _line(element) or 0,
+                                  "/".join(r.path[1:]), element.get("Id"))
+        return
+    where = "/".join(r.path[1:])
+    line = _line(element)
+    _end(r, tag, element, where, line)
+    r.path.pop()
+    r.ranks.pop()
+    # A unit read whole goes: memory holds one pièce or one PJ at a time.
+    if tag in _UNITS and r.path:
+        element.clear()
+        parent = element.getparent()
+        if parent is not None:
+            parent.remove(element)
+
+
+def _end(r: _Reading, tag: str, element: etree._Element, where: str,
+         line: int | None) -> None:
+    s, parent = r.summary, r.path[-2].split("[")[0] if len(r.path) > 1 else ""
+    if parent == "Parametres" and tag == "NomFic":
+        s.nom_fic = _v(element)
+        if not s.nom_fic.isascii():
+            r.say(line, where, f"NomFic {s.nom_fic!r} holds accents or other non-ASCII "
+                  "characters: the DGFiP refuses them")
+    elif parent == "EnTetePES" and tag in ("IdColl", "CodCol", "CodBud", "IdPost", "DteStr"):
+        value = _v(element)
+        setattr(s, {"IdColl": "id_coll", "CodCol": "cod_col", "CodBud": "cod_bud",
+                    "IdPost": "id_post", "DteStr": "dte_str"}[tag], value)
+        _header_value(r, tag, value, where, line)
+    elif tag == "InfoDematerialisee":
+        s.info_dematerialisee = s.info_dematerialisee or _v(element) == "1"
+    elif tag == "Signature" and etree.QName(element).namespace == DSIG:
+        if r.current is not None and parent == "Bordereau":
+            r.current.signed = True
+        elif parent == "PES_Aller":
+            s.signed_whole = True
+    elif r.current is not None:
+        _in_bordereau(r, r.current, tag, parent, element, where, line)
+    if tag == "PJRef":
+        support, ident = element.find("Support"), element.find("IdUnique")
+        if support is not None and _v(support) == "01" and ident is not None:
+            r.pj_refs.append((_v(ident), line or 0, where))
+    elif tag == "PJ" and parent == "PES_PJ":
+        _pj(r, element, where, line)
+
+
+def _header_value(r: _Reading, tag: str, value: str, where: str, line: int | None) -> None:
+    if tag == "IdColl" and not (re.fullmatch(r"[0-9]{14}", value) and luhn_ok(value)):
+        r.say(line, where, f"IdColl {value!r} is not a valid SIRET (14 digits whose checksum, "
+              "Luhn, holds)")
+    elif tag in _FORMS:
+        pattern, rule = _FORMS[tag]
+        if not pattern.fullmatch(value):
+            r.say(line, where, f"{tag} {value!r}: expected {rule}")
+        elif tag in _NO_BLANK and (set(value) == {"0"} or value.lower() == "nc"):
+            r.say(line, where, f"{tag} {value!r}: an all-zero or 'nc' value is refused (the "
+                  "schema's base type forbids it)")
+
+
+def _in_bordereau(r: _Reading, b: Bordereau, tag: str, parent: str, element: etree._Element,
+                  where: str, line: int | None) -> None:
+    if parent == "BlocBordereau":
+        if tag == "Exer":
+            b.exercice = _v(element)
+        elif tag == "IdBord":
+            b.number = _v(element)
+        elif tag == "NbrPce":
+            b.declared_pieces = _int(_v(element))
+        elif tag == "MtBordHT":
+            b.declared_amount = _amount(r, _v(element), where, line)
+    elif tag == "Piece" and parent == "Bordereau":
+        b.pieces += 1
+    elif tag == "MtHT" and parent in ("InfoLignePce", "InfoLignePiece"):
+        b.amount += _amount(r, _v(element), where, line) or Decimal(0)
+    elif tag == "Bordereau":
+        _bordereau_done(r, b)
+        r.current = None
+
+
+def _bordereau_done(r: _Reading, b: Bordereau) -> None:
+    r.summary.bordereaux.append(b)
+    if not b.id:
+        r.say(b.line, b.path, "a bordereau needs an Id (the signature points at it)")
+    elif b.id in r.bordereau_ids:
+        r.say(b.line, b.path, f"Id {b.id!r} is already the Id of the bordereau at line "
+              f"{r.bordereau_ids[b.id]}: each bordereau has its own")
+    else:
+        r.bordereau_ids[b.id] = b.line
+    if b.declared_pieces is not None and b.declared_pieces != b.pieces:
+        r.say(b.line, f"{b.path}/BlocBordereau/NbrPce",
+              f"says {b.declared_pieces} pièce(s), the bordereau holds {b.pieces}")
+    if b.declared_amount is not None and b.declared_amount != b.amount:
+        r.say(b.line, f"{b.path}/BlocBordereau/MtBordHT",
+              f"says {b.declared_amount}, the lines of its pièces add up to {b.amount}")
+
+
+def _pj(r: _Reading, element: etree._Element, where: str, line: int | None) -> None:
+    r.summary.pj += 1
+    ident = element.find("IdUnique")
+    if ident is not None:
+        r.pj_ids.add(_v(ident))
+    content = element.find("Contenu/Fichier")
+    if content is None:
+        return
+    what = f"{where}/Contenu/Fichier"
+    try:
+        packed = base64.b64decode(re.sub(rb"\s+", b"", (content.text or "").encode("ascii")),
+                                  validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        r.say(_line(content) or line, what, "not base64 (a PJ is gzip, then base64)")
+        return
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        size = len(inflater.decompress(packed, MAX_PJ_BYTES + 1))
+    except zlib.error as exc:
+        r.say(_line(content) or line, what, f"not gzip once base64-decoded ({exc})")
+        return
+    if size > MAX_PJ_BYTES or inflater.unconsumed_tail:
+        r.say(_line(content) or line, what, f"inflates past the {MAX_PJ_BYTES} bytes a PJ "
+              "may hold")
+    elif not inflater.eof:
+        r.say(_line(content) or line, what, "the gzip data is cut short")
+
+
+def _after(r: _Reading) -> None:
+    s = r.summary
+    if s.nom_fic is None:
+        r.say(None, "Enveloppe/Parametres", "NomFic is missing: the DGFiP matches its acquit by it")
+    for ident, line, where in r.pj_refs:
+        if ident not in r.pj_ids:
+            r.say(line, where, f"PJRef {ident!r} points at no PJ of this flow's PES_PJ")
+    signed = s.signed_whole or any(b.signed for b in s.bordereaux)
+    if s.info_dematerialisee and not signed:
+        r.say(None, "InfoDematerialisee", "1 (dematerialised) needs a signed flow; this one "
+              "has no signature")
+    elif signed and not s.info_dematerialisee:
+        r.say(None, "InfoDematerialisee", "a signed flow must say 1 (dematerialised); it says "
+              "0 or nothing")
+
+
+def _int(value: str) -> int | None:
+    return int(value) if value.isdigit() else None
+
+
+def _amount(r: _Reading, value: str, where: str, line: int | None) -> Decimal | None:
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        r.say(line, where, f"{value!r} is not an amount")
+        return None
+
+
+class _Latin1Check:
+    """Passes the bytes on, and says where they are not ISO-8859-1 text: the C1 controls
+    (0x80–0x9F, where Windows-1252 puts € and ’) and UTF-8 written as Latin-1."""
+
+    _C1 = re.compile(rb"[\x80-\x9f]")
+    _UTF8 = re.compile(rb"[\xc2-\xf4][\x80-\xbf]+")
+
+    def __init__(self, stream: IO[bytes], head: bytes, reading: _Reading) -> None:
+        self._stream, self._head, self._r = stream, head, reading
+        self._lines, self._told = 1, False
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            data, self._head = self._head, b""
+        else:
+            data = self._stream.read(size if size and size > 0 else 64 * 1024)
+        if not self._told and data:
+            self._look(data)
+        self._lines += data.count(b"\n")
+        return data
+
+    def _look(self, data: bytes) -> None:
+        found = self._UTF8.search(data) or self._C1.search(data)
+        if found is None:
+            return
+        line = self._lines + data.count(b"\n", 0, found.start())
+        text = found.group()
+        if self._UTF8.fullmatch(text):
+            said = (f"bytes {text.hex(' ').upper()} are UTF-8 ({text.decode('utf-8', 'replace')!r}"
+                    ") written into an ISO-8859-1 file")
+        else:
+            said = (f"byte 0x{text[0]:02X} is no ISO-8859-1 character (Windows-1252 puts € or "
+                    "’ there)")
+        self._r.say(line, "", said)
+        self._told = True

@@ -1,0 +1,205 @@
+"""The DGFiP's rules on a PES_Aller, one test each, on flows written here."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+from pathlib import Path
+
+import pytest
+
+from broker.flows.base import Problem
+from connectors.helios.pes import DSIG, PES_NS, check_pes
+
+SIRET = "21400015000018"  # Luhn holds
+
+
+def line(amount: str, n: int = 1) -> str:
+    return (f'<LigneDePiece><BlocLignePiece><InfoLignePce><IdLigne V="{n}"/>'
+            f'<Nature V="60628"/><MtHT V="{amount}"/></InfoLignePce></BlocLignePiece>'
+            '</LigneDePiece>')
+
+
+def piece(*amounts: str, ref: str | None = None) -> str:
+    pj = (f'<PJRef><Support V="01"/><IdUnique V="{ref}"/></PJRef>' if ref else "")
+    return (f'<Piece><BlocPiece><InfoPce><IdPce V="1"/>{pj}</InfoPce></BlocPiece>'
+            + "".join(line(a, i) for i, a in enumerate(amounts, 1)) + "</Piece>")
+
+
+def bordereau(*pieces: str, ident: str | None = "B1", total: str | None = None,
+              count: int | None = None, signed: bool = False) -> str:
+    amount = total if total is not None else "55.22"
+    number = count if count is not None else len(pieces)
+    sig = f'<ds:Signature xmlns:ds="{DSIG}"><ds:SignedInfo/></ds:Signature>' if signed else ""
+    id_attr = f' Id="{ident}"' if ident else ""
+    return (f'<Bordereau{id_attr}><BlocBordereau><Exer V="2026"/><IdBord V="12"/>'
+            f'<NbrPce V="{number}"/><MtBordHT V="{amount}"/></BlocBordereau>'
+            + "".join(pieces) + f"{sig}</Bordereau>")
+
+
+def pj(ident: str, content: bytes | None = None, raw: str | None = None) -> str:
+    data = raw if raw is not None else base64.b64encode(
+        gzip.compress(content if content is not None else b"%PDF-1.4 facture")).decode()
+    return (f'<PJ><Contenu><Fichier MIMEType="application/pdf">{data}</Fichier></Contenu>'
+            f'<IdUnique V="{ident}"/><NomPJ V="facture.pdf"/></PJ>')
+
+
+def pes(*bordereaux: str, pjs: tuple[str, ...] = (), nom_fic: str = "mandats_2026_12",
+        id_coll: str = SIRET, cod_col: str = "400", cod_bud: str = "01",
+        id_post: str = "086016", demat: str | None = None,
+        declaration: str = '<?xml version="1.0" encoding="ISO-8859-1"?>') -> bytes:
+    info = f'<InfoDematerialisee V="{demat}"/>' if demat is not None else ""
+    pes_pj = ('<PES_PJ><EnTetePES_PJ><IdVer V="1"/></EnTetePES_PJ>' + "".join(pjs)
+              + "</PES_PJ>") if pjs else ""
+    return (f'{declaration}\n<n:PES_Aller xmlns:n="{PES_NS}">\n<Enveloppe><Parametres>'
+            f'<Version V="2"/><TypFic V="PESALR2"/><NomFic V="{nom_fic}"/></Parametres>'
+            f'</Enveloppe>\n<EnTetePES><DteStr V="2026-12-01"/><IdPost V="{id_post}"/>'
+            f'<IdColl V="{id_coll}"/><CodCol V="{cod_col}"/><CodBud V="{cod_bud}"/>'
+            f'<LibelleColBud V="Commune de démo"/></EnTetePES>\n<PES_DepenseAller>'
+            f'<EnTeteDepense><IdVer V="2"/>{info}</EnTeteDepense>\n'
+            + "\n".join(bordereaux) + f"\n</PES_DepenseAller>\n{pes_pj}\n</n:PES_Aller>"
+            ).encode("iso8859-1")
+
+
+def problems(data: bytes) -> list[Problem]:
+    return check_pes(io.BytesIO(data), "mandats.xml")[1]
+
+
+def messages(data: bytes) -> list[str]:
+    return [p.message for p in problems(data)]
+
+
+def test_a_well_made_flow_has_no_problem_and_says_what_it_holds() -> None:
+    data = pes(bordereau(piece("55.22", ref="PJ1")), bordereau(piece("10", "5"), ident="B2",
+                                                                total="15"),
+               pjs=(pj("PJ1"),))
+    summary, found = check_pes(io.BytesIO(data), "mandats.xml")
+    assert found == []
+    meta = summary.metadata()
+    assert (meta["nom_fic"], meta["id_coll"], meta["cod_col"], meta["cod_bud"],
+            meta["id_post"], meta["exercice"], meta["pieces"], meta["pj"]) == (
+        "mandats_2026_12", SIRET, "400", "01", "086016", "2026", 2, 1)
+    assert [(b["id"], b["number"], b["amount"]) for b in meta["bordereaux"]] == [  # type: ignore[index, union-attr]
+        ("B1", "12", "55.22"), ("B2", "12", "15")]
+
+
+def test_the_declaration_must_say_iso_8859_1_at_once() -> None:
+    first, then = messages(pes(bordereau(piece("55.22")),
+                               declaration='<?xml version="1.0" encoding="UTF-8"?>'))
+    assert first.startswith('the XML declaration must say encoding="ISO-8859-1" within the '
+                            "first 50 bytes")
+    assert then == "encoding UTF-8 (its declaration) is not accepted here: expected ISO-8859-1"
+    padded = pes(bordereau(piece("55.22")), declaration='<?xml version="1.0"               '
+                 '                     encoding="ISO-8859-1"?>')
+    assert messages(padded)[0].startswith("the XML declaration must say encoding=\"ISO-8859-1\"")
+
+
+def test_the_bytes_really_are_iso_8859_1() -> None:
+    utf8 = pes(bordereau(piece("55.22"))).replace("démo".encode("iso8859-1"),
+                                                   "démo".encode())
+    (found,) = problems(utf8)
+    assert found == Problem("mandats.xml:4", "bytes C3 A9 are UTF-8 ('é') written into an "
+                            "ISO-8859-1 file")
+    cp1252 = pes(bordereau(piece("55.22"))).replace(b"d\xe9mo", b"d\x92mo")
+    assert messages(cp1252) == ["byte 0x92 is no ISO-8859-1 character (Windows-1252 puts € "
+                                "or ’ there)"]
+
+
+def test_nomfic_is_present_and_without_accents() -> None:
+    assert messages(pes(bordereau(piece("55.22")), nom_fic="mandats_décembre")) == [
+        "Enveloppe/Parametres/NomFic: NomFic 'mandats_décembre' holds accents or other "
+        "non-ASCII characters: the DGFiP refuses them"]
+    missing = pes(bordereau(piece("55.22"))).replace(b'<NomFic V="mandats_2026_12"/>', b"")
+    assert messages(missing) == [
+        "Enveloppe/Parametres: NomFic is missing: the DGFiP matches its acquit by it"]
+
+
+def test_idcoll_is_a_valid_siret() -> None:
+    assert messages(pes(bordereau(piece("55.22")), id_coll="21400015000011")) == [
+        "EnTetePES/IdColl: IdColl '21400015000011' is not a valid SIRET (14 digits whose "
+        "checksum, Luhn, holds)"]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("cod_col", "40", "CodCol '40': expected 3 letters or digits"),
+    ("cod_col", "000", "CodCol '000': an all-zero or 'nc' value is refused (the schema's base "
+                       "type forbids it)"),
+    ("cod_bud", "1", "CodBud '1': expected 2 letters or digits"),
+    ("id_post", "86016", "IdPost '86016': expected the 6-digit code of the public "
+                         "accountant's post"),
+])
+def test_header_codes_have_their_forms(field: str, value: str, message: str) -> None:
+    (found,) = messages(pes(bordereau(piece("55.22")), **{field: value}))
+    assert found.endswith(message)
+
+
+def test_the_main_budget_code_00_is_fine() -> None:
+    assert messages(pes(bordereau(piece("55.22")), cod_bud="00")) == []
+
+
+def test_every_bordereau_has_an_id_of_its_own() -> None:
+    assert messages(pes(bordereau(piece("55.22"), ident=None))) == [
+        "PES_DepenseAller/Bordereau: a bordereau needs an Id (the signature points at it)"]
+    twice = problems(pes(bordereau(piece("55.22")), bordereau(piece("55.22"))))
+    assert [p.message for p in twice] == [
+        "PES_DepenseAller/Bordereau[2]: Id 'B1' is already the Id of the bordereau at line 6: "
+        "each bordereau has its own"]
+    assert twice[0].field == "mandats.xml:7"
+
+
+def test_the_bordereau_totals_are_the_sums_of_its_pieces() -> None:
+    assert messages(pes(bordereau(piece("10", "20"), total="31"))) == [
+        "PES_DepenseAller/Bordereau/BlocBordereau/MtBordHT: says 31, the lines of its pièces "
+        "add up to 30"]
+    assert messages(pes(bordereau(piece("55.22"), count=2))) == [
+        "PES_DepenseAller/Bordereau/BlocBordereau/NbrPce: says 2 pièce(s), the bordereau holds 1"]
+
+
+def test_info_dematerialisee_goes_with_the_signature() -> None:
+    assert messages(pes(bordereau(piece("55.22")), demat="1")) == [
+        "InfoDematerialisee: 1 (dematerialised) needs a signed flow; this one has no signature"]
+    assert messages(pes(bordereau(piece("55.22"), signed=True))) == [
+        "InfoDematerialisee: a signed flow must say 1 (dematerialised); it says 0 or nothing"]
+    assert messages(pes(bordereau(piece("55.22"), signed=True), demat="1")) == []
+
+
+def test_every_pj_is_gzip_then_base64_within_its_cap() -> None:
+    assert messages(pes(bordereau(piece("55.22")), pjs=(pj("PJ1", raw="pas du base64 !"),))) == [
+        "PES_PJ/PJ/Contenu/Fichier: not base64 (a PJ is gzip, then base64)"]
+    plain = base64.b64encode(b"%PDF-1.4 not gzipped").decode()
+    (message,) = messages(pes(bordereau(piece("55.22")), pjs=(pj("PJ1", raw=plain),)))
+    assert message.startswith("PES_PJ/PJ/Contenu/Fichier: not gzip once base64-decoded")
+    whole = gzip.compress(bytes(range(256)) * 40)
+    cut = base64.b64encode(whole[: len(whole) // 2]).decode()
+    assert messages(pes(bordereau(piece("55.22")), pjs=(pj("PJ1", raw=cut),))) == [
+        "PES_PJ/PJ/Contenu/Fichier: the gzip data is cut short"]
+
+
+def test_a_pj_bomb_stops_at_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from connectors.helios import pes as module
+
+    monkeypatch.setattr(module, "MAX_PJ_BYTES", 1024 * 1024)
+    bomb = base64.b64encode(gzip.compress(b"\0" * (8 * 1024 * 1024))).decode()  # 8 KiB packed
+    assert messages(pes(bordereau(piece("55.22")), pjs=(pj("PJ1", raw=bomb),))) == [
+        "PES_PJ/PJ/Contenu/Fichier: inflates past the 1048576 bytes a PJ may hold"]
+
+
+def test_every_pj_reference_is_resolved() -> None:
+    (found,) = problems(pes(bordereau(piece("55.22", ref="PJ9")), pjs=(pj("PJ1"),)))
+    assert found.message == ("PES_DepenseAller/Bordereau/Piece/BlocPiece/InfoPce/PJRef: PJRef "
+                             "'PJ9' points at no PJ of this flow's PES_PJ")
+
+
+def test_hostile_xml_is_refused_before_any_rule() -> None:
+    data = pes(bordereau(piece("55.22"))).replace(
+        b"\n<n:PES_Aller", b'\n<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+                           b"\n<n:PES_Aller", 1)
+    assert messages(data) == [
+        "DOCTYPE declaration not accepted: a document here carries no DTD and no entities"]
+
+
+def test_a_file_is_read_from_disk_too(tmp_path: Path) -> None:
+    path = tmp_path / "flux.xml"
+    path.write_bytes(pes(bordereau(piece("55.22"))))
+    assert check_pes(path)[1] == []
