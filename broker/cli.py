@@ -134,7 +134,9 @@ def validate(flow: str, path: Path) -> None:
 
     problems = validate_path(path)
     for problem in problems:
-        click.echo(f"{path.name}: {problem.field}: {problem.message}")
+        # The field names the file and line, or the archive member (then the archive too).
+        own = problem.field == path.name or problem.field.startswith(f"{path.name}:")
+        click.echo(f"{'' if own else path.name + ': '}{problem.field}: {problem.message}")
     if problems:
         click.echo(f"{len(problems)} problem(s)", err=True)
         sys.exit(1)
