@@ -6,13 +6,16 @@ them from the next package version (v4.91), which :class:`StandIns` does.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from lxml import etree
 
 from connectors.helios.acquit import read_acquit
 from connectors.helios.pes import check_pes
+from connectors.helios.xades import DS, Judged, verify_bordereau
 
 REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "pes-v2"
 SAMPLES = REFERENCE / "samples"
@@ -119,3 +122,29 @@ def test_real_flows_get_the_verdict_of_the_official_schema_or_a_rule_with_its_re
     # reason; the project's own schema comes next).
     if not officially_valid:
         assert said, [e.message for e in official_aller.error_log]
+
+
+# The signed real flows and the verdict on their bordereaux' signatures (each certificate
+# taken as its own trust anchor: the chain is not what these samples test).
+SIGNED = {
+    "stela/data/test-perime-04-04-2016.xml": (
+        Judged.EXPIRED, "the certificate was not valid at SigningTime 2018-03-08"),
+    "pastell/test/PHPUnit/connecteur/glaneur-local/fixtures/pes_depot_vrac/"
+    "PESALR2_49101169800000_171227_2045.xml": (
+        Judged.POLICY, "Signature method RSA_SHA1 forbidden by configuration"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIGNED), ids=lambda n: Path(n).name)
+def test_real_signed_bordereaux_get_their_verdict(name: str) -> None:
+    judged, reason = SIGNED[name]
+    root = etree.parse(str(SAMPLES / name), etree.XMLParser(
+        huge_tree=True, no_network=True, resolve_entities=False)).getroot()
+    signed = [b for b in root.iter("Bordereau") if b.find(f"{{{DS}}}Signature") is not None]
+    assert signed
+    for bordereau in signed:
+        carried = bordereau.find(f".//{{{DS}}}X509Certificate")
+        assert carried is not None and carried.text
+        cert = x509.load_der_x509_certificate(base64.b64decode("".join(carried.text.split())))
+        verdict = verify_bordereau(bordereau, [cert])
+        assert verdict.judged is judged and verdict.reason.startswith(reason), verdict
