@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import hmac
 import json
 import shutil
 import uuid
@@ -26,7 +27,8 @@ from broker.multipart import MultipartReader, Part
 from simulators.common import Stats, add_common_arguments, create_app, run_simulator, store_dir_of
 from simulators.faults import FaultRule
 
-COUNTERS = ("received", "files", "replays", "duplicates")
+COUNTERS = ("received", "files", "replays", "duplicates", "callbacks", "callback_duplicates",
+            "callback_refused")
 _CHUNK = 256 * 1024
 _METADATA_LIMIT = 1024 * 1024
 
@@ -214,9 +216,40 @@ class Inbox:
             await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
 
 
+class Callbacks:
+    """The finance software's webhook: checks each call's HMAC, keeps one per delivery id."""
+
+    def __init__(self, secret: str, stats: Stats) -> None:
+        self.secret, self.stats = secret, stats
+        self.received: dict[str, dict[str, Any]] = {}
+
+    async def receive(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        stamp = request.headers.get("X-Demat-Timestamp", "")
+        mac = hmac.new(self.secret.encode(), stamp.encode() + b"." + body, hashlib.sha256)
+        if not hmac.compare_digest(request.headers.get("X-Demat-Signature", ""),
+                                   f"sha256={mac.hexdigest()}"):
+            self.stats.incr("callback_refused")
+            return web.json_response({"error": "bad or missing signature"}, status=401)
+        delivery = request.headers.get("X-Demat-Delivery", "")
+        if delivery in self.received:
+            self.stats.incr("callback_duplicates")
+        else:
+            self.stats.incr("callbacks")
+            self.received[delivery] = json.loads(body)
+        return web.json_response({"delivery": delivery})
+
+    async def listing(self, _request: web.Request) -> web.Response:
+        return web.json_response({"callbacks": self.received})
+
+    async def forget(self) -> None:
+        self.received.clear()
+
+
 def build_app(
     *,
     idempotent: bool = True,
+    callback_secret: str = "demat-callback-secret",
     store_dir: Path | None = None,
     faults: list[FaultRule] | None = None,
     seed: int = 0,
@@ -225,7 +258,15 @@ def build_app(
     root, remove_store = store_dir_of(store_dir, "gf")
     stats = Stats(COUNTERS)
     inbox = Inbox(root, idempotent, stats)
-    app = create_app(stats=stats, faults=faults or (), seed=seed, on_reset=inbox.forget)
+    callbacks = Callbacks(callback_secret, stats)
+
+    async def forget() -> None:
+        await inbox.forget()
+        await callbacks.forget()
+
+    app = create_app(stats=stats, faults=faults or (), seed=seed, on_reset=forget)
+    app.router.add_post("/callbacks", callbacks.receive)
+    app.router.add_get("/callbacks", callbacks.listing)
     app.router.add_post("/inbox", inbox.receive)
     app.router.add_post("/inbox/{box}", inbox.receive)
     app.router.add_get("/inbox", inbox.listing)
@@ -247,9 +288,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="store every copy, ignoring Idempotency-Key (counts duplicates)",
     )
+    parser.add_argument("--callback-secret", default="demat-callback-secret",
+                        help="the HMAC secret /callbacks checks each call's signature with")
     args = parser.parse_args(argv)
     app = build_app(
         idempotent=not args.no_idempotency,
+        callback_secret=args.callback_secret,
         store_dir=args.store_dir,
         faults=args.faults,
         seed=args.seed,
