@@ -93,8 +93,9 @@ class Acquit:
         return found
 
 
-def _v(element: etree._Element | None, path: str) -> str | None:
-    """The ``V`` attribute of the child at ``path`` (namespace-free, as the format writes)."""
+def value_of(element: etree._Element | None, path: str) -> str | None:
+    """The ``V`` attribute of the child at ``path`` (namespace-free, as the format writes):
+    every PES value is written that way."""
     if element is None:
         return None
     found = element.find(path)
@@ -102,6 +103,9 @@ def _v(element: etree._Element | None, path: str) -> str | None:
         return None
     value = found.get("V")
     return value.strip() if value is not None else None
+
+
+_v = value_of
 
 
 def _errors(element: etree._Element, piece: str | None = None,

@@ -15,6 +15,7 @@ from lxml import etree
 
 from connectors.helios.acquit import read_acquit
 from connectors.helios.pes import check_pes
+from connectors.helios.retour import RetourPiece, read_retour
 from connectors.helios.xades import DS, Judged, verify_bordereau
 
 REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "pes-v2"
@@ -148,3 +149,13 @@ def test_real_signed_bordereaux_get_their_verdict(name: str) -> None:
         cert = x509.load_der_x509_certificate(base64.b64decode("".join(carried.text.split())))
         verdict = verify_bordereau(bordereau, [cert])
         assert verdict.judged is judged and verdict.reason.startswith(reason), verdict
+
+
+def test_the_real_pes_retour_is_read_with_its_authority_and_pieces() -> None:
+    name = ("pastell/test/PHPUnit/connecteur/s2low/fixtures/"
+            "HELIOS_SIMU_RETOUR_1565181244_184723364.xml")
+    retour = read_retour((SAMPLES / name).read_bytes())
+    assert (retour.typ_fic, retour.id_coll, retour.cod_col, retour.cod_bud, retour.id_post) == (
+        "PESRETOUR_DEP", "12345678900012", "221", "00", "082008")
+    assert retour.blocks == ("PES_DepenseRetour",)
+    assert retour.pieces == (RetourPiece("2009", "1234567", "832", "01"),)
