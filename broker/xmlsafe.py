@@ -19,7 +19,7 @@ from __future__ import annotations
 import codecs
 import io
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -217,7 +217,7 @@ def schema_problems(schema: etree.XMLSchema, root: etree._Element) -> list[str]:
     return [f"line {e.line}: {e.message}" for e in schema.error_log]  # type: ignore[attr-defined]
 
 
-def iter_elements(source: IO[bytes] | Path, tag: str | None = None,
+def iter_elements(source: IO[bytes] | Path, tag: str | Sequence[str] | None = None,
                   max_bytes: int = 512 * 1024 * 1024,
                   encodings: Collection[str] = UTF8_ONLY,
                   events: tuple[str, ...] = ("end",)) -> Elements:

@@ -34,6 +34,18 @@ MAX_PES_BYTES = 128 * 1024 * 1024
 # What one PJ may inflate to (a gzip bomb stops here).
 MAX_PJ_BYTES = 64 * 1024 * 1024
 _DOMAINS = {"PES_DepenseAller": "depense", "PES_RecetteAller": "recette"}
+_RANKED = frozenset({"Bordereau", "Piece", "PJ"})
+# Elements found only inside a bordereau (its end closes them all).
+_IN_BORDEREAU = frozenset({"Exer", "IdBord", "NbrPce", "MtBordHT", "Piece", "Bordereau"})
+# The amount of each line of a pièce (mandat: InfoLignePce, titre: InfoLignePiece).
+_LINE_AMOUNTS = etree.XPath("LigneDePiece/BlocLignePiece/*[self::InfoLignePce or "
+                            "self::InfoLignePiece]/MtHT")
+
+
+def _line_amounts(piece: etree._Element) -> list[etree._Element]:
+    found = _LINE_AMOUNTS(piece)
+    return [e for e in found if isinstance(e, etree._Element)] if isinstance(found, list) else []
+_SPACE = re.compile(rb"\s+")
 _UNITS = frozenset({"Enveloppe", "EnTetePES", "Piece", "Bordereau", "PJ", "PES_DepenseAller",
                     "PES_RecetteAller", "PES_Facture", "PES_PJ"})
 # Fields whose base type (V_BaseAlphanum) forbids all-zero values; CodBud "00" is the
@@ -98,17 +110,37 @@ class _Reading:
     name: str
     summary: PesSummary = field(default_factory=PesSummary)
     problems: list[Problem] = field(default_factory=list)
-    path: list[str] = field(default_factory=list)
-    seen: Counter[str] = field(default_factory=Counter)
-    ranks: list[Counter[str]] = field(default_factory=lambda: [Counter()])
+    # Units (bordereaux, pièces, PJ) read whole so far in the current block / bordereau.
+    done: Counter[str] = field(default_factory=Counter)
     pj_ids: set[str] = field(default_factory=set)
     pj_refs: list[tuple[str, int, str]] = field(default_factory=list)
     bordereau_ids: dict[str, int] = field(default_factory=dict)
     current: Bordereau | None = None
 
-    def say(self, line: int | None, where: str, message: str) -> None:
-        at = f"{self.name}:{line}" if line else self.name
-        self.problems.append(Problem(at, f"{where}: {message}" if where else message))
+    def say(self, line: int | None, where: object, message: str) -> None:
+        at, said = f"{self.name}:{line}" if line else self.name, str(where)
+        self.problems.append(Problem(at, f"{said}: {message}" if said else message))
+
+    def where(self, element: etree._Element) -> str:
+        """The element's path below the root, units ranked: ``…/Bordereau[2]/Piece[3]``."""
+        names = []
+        for node in (element, *element.iterancestors()):
+            if node.getparent() is None:
+                break
+            tag = _local(node)
+            rank = self.done[tag] + 1 if tag in _RANKED else 1  # an open unit: the next one
+            names.append(f"{tag}[{rank}]" if rank > 1 else tag)
+        return "/".join(reversed(names))
+
+
+class _Where:
+    """An element's path, worked out only if a problem is said about it."""
+
+    def __init__(self, reading: _Reading, element: etree._Element) -> None:
+        self._r, self._element = reading, element
+
+    def __str__(self) -> str:
+        return self._r.where(self._element)
 
 
 def _v(element: etree._Element) -> str:
@@ -121,7 +153,9 @@ def _line(element: etree._Element) -> int | None:
 
 
 def _local(element: etree._Element) -> str:
-    return etree.QName(element).localname
+    tag = element.tag
+    assert isinstance(tag, str)
+    return tag.rsplit("}", 1)[-1] if tag[0] == "{" else tag
 
 
 def check_pes(source: Path | IO[bytes], name: str | None = None,
@@ -140,44 +174,45 @@ def check_pes(source: Path | IO[bytes], name: str | None = None,
         for event, element in _events(counting, max_bytes):
             _on(reading, event, element)
     except XmlError as exc:
-        reading.say(exc.line, "/".join(reading.path), exc.reason)
+        reading.say(exc.line, "", exc.reason)
         return reading.summary, reading.problems
     _after(reading)
     return reading.summary, reading.problems
 
 
+# Only these reach Python; the rest is built by libxml2 and freed with its unit.
+_WATCHED = ("NomFic", "IdColl", "CodCol", "CodBud", "IdPost", "DteStr", "InfoDematerialisee",
+            "Bordereau", "Exer", "IdBord", "NbrPce", "MtBordHT", "Piece", "Signature",
+            "PJRef", "PJ", "PES_DepenseAller", "PES_RecetteAller", "PES_Facture", "PES_PJ",
+            "Enveloppe", "EnTetePES")
+
+
 def _events(stream: _Latin1Check, max_bytes: int) -> Iterator[tuple[str, etree._Element]]:
-    yield from iter_elements(stream, max_bytes=max_bytes,  # type: ignore[arg-type]
-                             encodings=ENCODINGS, events=("start", "end"))
+    yield from iter_elements(stream, tag=[f"{{*}}{t}" for t in _WATCHED],  # type: ignore[arg-type]
+                             max_bytes=max_bytes, encodings=ENCODINGS)
 
 
-def _on(r: _Reading, event: str, element: etree._Element) -> None:
+def _on(r: _Reading, _event: str, element: etree._Element) -> None:
     tag = _local(element)
-    if event == "start":
-        rank = r.ranks[-1]
-        rank[tag] += 1
-        r.path.append(f"{tag}[{rank[tag]}]" if rank[tag] > 1 else tag)
-        r.ranks.append(Counter())
-        if tag == "Bordereau" and len(r.path) >= 2 and r.path[-2].split("[")[0] in _DOMAINS:
-            r.current = Bordereau(_DOMAINS[r.path[-2].split("[")[0]], _line(element) or 0,
-                                  "/".join(r.path[1:]), element.get("Id"))
-        return
-    where = "/".join(r.path[1:])
-    line = _line(element)
-    _end(r, tag, element, where, line)
-    r.path.pop()
-    r.ranks.pop()
+    _end(r, tag, element, _line(element))
+    if tag in _RANKED:
+        r.done[tag] += 1
+        if tag == "Bordereau":
+            r.done["Piece"] = 0
+    elif tag in _DOMAINS or tag == "PES_PJ":  # the next block counts its units afresh
+        r.done["Bordereau"] = r.done["Piece"] = r.done["PJ"] = 0
     # A unit read whole goes: memory holds one pièce or one PJ at a time.
-    if tag in _UNITS and r.path:
-        element.clear()
+    if tag in _UNITS:
         parent = element.getparent()
         if parent is not None:
+            element.clear()
             parent.remove(element)
 
 
-def _end(r: _Reading, tag: str, element: etree._Element, where: str,
-         line: int | None) -> None:
-    s, parent = r.summary, r.path[-2].split("[")[0] if len(r.path) > 1 else ""
+def _end(r: _Reading, tag: str, element: etree._Element, line: int | None) -> None:
+    s, above = r.summary, element.getparent()
+    parent = _local(above) if above is not None else ""
+    where = _Where(r, element)
     if parent == "Parametres" and tag == "NomFic":
         s.nom_fic = _v(element)
         if not s.nom_fic.isascii():
@@ -191,21 +226,26 @@ def _end(r: _Reading, tag: str, element: etree._Element, where: str,
     elif tag == "InfoDematerialisee":
         s.info_dematerialisee = s.info_dematerialisee or _v(element) == "1"
     elif tag == "Signature" and etree.QName(element).namespace == DSIG:
-        if r.current is not None and parent == "Bordereau":
+        if parent == "Bordereau":
+            if r.current is None:
+                r.current = Bordereau("", 0, "", None)
             r.current.signed = True
         elif parent == "PES_Aller":
             s.signed_whole = True
-    elif r.current is not None:
+    elif tag in _IN_BORDEREAU:
+        if r.current is None:  # its first element: the bordereau is being read
+            r.current = Bordereau("", 0, "", None)
         _in_bordereau(r, r.current, tag, parent, element, where, line)
     if tag == "PJRef":
         support, ident = element.find("Support"), element.find("IdUnique")
         if support is not None and _v(support) == "01" and ident is not None:
-            r.pj_refs.append((_v(ident), line or 0, where))
+            r.pj_refs.append((_v(ident), line or 0, str(where)))
     elif tag == "PJ" and parent == "PES_PJ":
         _pj(r, element, where, line)
 
 
-def _header_value(r: _Reading, tag: str, value: str, where: str, line: int | None) -> None:
+def _header_value(r: _Reading, tag: str, value: str, where: _Where,
+                  line: int | None) -> None:
     if tag == "IdColl" and not (re.fullmatch(r"[0-9]{14}", value) and luhn_ok(value)):
         r.say(line, where, f"IdColl {value!r} is not a valid SIRET (14 digits whose checksum, "
               "Luhn, holds)")
@@ -219,7 +259,7 @@ def _header_value(r: _Reading, tag: str, value: str, where: str, line: int | Non
 
 
 def _in_bordereau(r: _Reading, b: Bordereau, tag: str, parent: str, element: etree._Element,
-                  where: str, line: int | None) -> None:
+                  where: _Where, line: int | None) -> None:
     if parent == "BlocBordereau":
         if tag == "Exer":
             b.exercice = _v(element)
@@ -228,12 +268,15 @@ def _in_bordereau(r: _Reading, b: Bordereau, tag: str, parent: str, element: etr
         elif tag == "NbrPce":
             b.declared_pieces = _int(_v(element))
         elif tag == "MtBordHT":
-            b.declared_amount = _amount(r, _v(element), where, line)
+            b.declared_amount = _amount(r, element, where, line)
     elif tag == "Piece" and parent == "Bordereau":
         b.pieces += 1
-    elif tag == "MtHT" and parent in ("InfoLignePce", "InfoLignePiece"):
-        b.amount += _amount(r, _v(element), where, line) or Decimal(0)
+        # The lines' amounts in one XPath call: a PES has millions of lines.
+        for amount in _line_amounts(element):
+            b.amount += _amount(r, amount, where, line) or Decimal(0)
     elif tag == "Bordereau":
+        b.domain = _DOMAINS.get(parent, parent)
+        b.line, b.path, b.id = line or 0, str(where), element.get("Id")
         _bordereau_done(r, b)
         r.current = None
 
@@ -255,7 +298,7 @@ def _bordereau_done(r: _Reading, b: Bordereau) -> None:
               f"says {b.declared_amount}, the lines of its pièces add up to {b.amount}")
 
 
-def _pj(r: _Reading, element: etree._Element, where: str, line: int | None) -> None:
+def _pj(r: _Reading, element: etree._Element, where: _Where, line: int | None) -> None:
     r.summary.pj += 1
     ident = element.find("IdUnique")
     if ident is not None:
@@ -265,7 +308,8 @@ def _pj(r: _Reading, element: etree._Element, where: str, line: int | None) -> N
         return
     what = f"{where}/Contenu/Fichier"
     try:
-        packed = base64.b64decode(re.sub(rb"\s+", b"", (content.text or "").encode("ascii")),
+        text = (content.text or "").encode("ascii")
+        packed = base64.b64decode(_SPACE.sub(b"", text) if _SPACE.search(text) else text,
                                   validate=True)
     except (binascii.Error, UnicodeEncodeError):
         r.say(_line(content) or line, what, "not base64 (a PJ is gzip, then base64)")
@@ -303,11 +347,14 @@ def _int(value: str) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _amount(r: _Reading, value: str, where: str, line: int | None) -> Decimal | None:
+def _amount(r: _Reading, element: etree._Element, where: _Where,
+            line: int | None) -> Decimal | None:
+    value = _v(element)
     try:
         return Decimal(value)
     except InvalidOperation:
-        r.say(line, where, f"{value!r} is not an amount")
+        at = _Where(r, element) if element.tag == "MtHT" else where
+        r.say(_line(element) or line, at, f"{value!r} is not an amount")
         return None
 
 
@@ -315,7 +362,8 @@ class _Latin1Check:
     """Passes the bytes on, and says where they are not ISO-8859-1 text: the C1 controls
     (0x80–0x9F, where Windows-1252 puts € and ’) and UTF-8 written as Latin-1."""
 
-    _C1 = re.compile(rb"[\x80-\x9f]")
+    # One pass: a UTF-8 sequence (lead byte, continuation bytes) or a lone C1 byte.
+    _SUSPECT = re.compile(rb"[\xc2-\xf4][\x80-\xbf]+|[\x80-\x9f]")
     _UTF8 = re.compile(rb"[\xc2-\xf4][\x80-\xbf]+")
 
     def __init__(self, stream: IO[bytes], head: bytes, reading: _Reading) -> None:
@@ -333,7 +381,9 @@ class _Latin1Check:
         return data
 
     def _look(self, data: bytes) -> None:
-        found = self._UTF8.search(data) or self._C1.search(data)
+        if data.isascii():  # most of a PES (tags, base64): nothing to look at
+            return
+        found = self._SUSPECT.search(data)
         if found is None:
             return
         line = self._lines + data.count(b"\n", 0, found.start())

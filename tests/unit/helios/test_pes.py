@@ -156,6 +156,12 @@ def test_the_bordereau_totals_are_the_sums_of_its_pieces() -> None:
         "PES_DepenseAller/Bordereau/BlocBordereau/NbrPce: says 2 pièce(s), the bordereau holds 1"]
 
 
+def test_an_amount_that_is_no_number_is_said_where_it_is() -> None:
+    found = problems(pes(bordereau(piece("55,22"), total="0")))
+    assert found[0] == Problem("mandats.xml:6", "PES_DepenseAller/Bordereau/Piece/LigneDePiece/"
+                               "BlocLignePiece/InfoLignePce/MtHT: '55,22' is not an amount")
+
+
 def test_info_dematerialisee_goes_with_the_signature() -> None:
     assert messages(pes(bordereau(piece("55.22")), demat="1")) == [
         "InfoDematerialisee: 1 (dematerialised) needs a signed flow; this one has no signature"]
