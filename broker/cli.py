@@ -126,13 +126,29 @@ def simulate(ctx: click.Context, peer: str, port: int, host: str) -> None:
 
 
 @main.command()
-@click.argument("flow", type=click.Choice(["actes"]))
+@click.argument("flow", type=click.Choice(["actes", "pes"]))
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def validate(flow: str, path: Path) -> None:
-    """Check an ACTES envelope (tar.gz) or message (XML); print every problem, exit 1 if any."""
-    from connectors.actes.validate import validate_path
+@click.option("--trust", "trust", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="pes: a PEM bundle of trust anchors; each signed bordereau is verified.")
+def validate(flow: str, path: Path, trust: Path | None) -> None:
+    """Check an ACTES envelope (tar.gz) or message (XML), or a PES_Aller; print every
+    problem, exit 1 if any."""
+    if flow == "actes":
+        from connectors.actes.validate import validate_path
 
-    problems = validate_path(path)
+        problems = validate_path(path)
+        verdict = f"{path.name}: valid actes"
+    else:
+        from cryptography import x509
+
+        from connectors.helios.pes import check_pes
+
+        anchors = x509.load_pem_x509_certificates(trust.read_bytes()) if trust else None
+        _summary, problems = check_pes(path, trust=anchors)
+        signatures = ", signatures verified" if anchors else ", signatures not judged (--trust)"
+        # The PES schema is not in this version's check: say what was checked, no more.
+        verdict = (f"{path.name}: no problem found by the DGFiP rules{signatures}; the PES "
+                   "schema check is not in this version")
     for problem in problems:
         # The field names the file and line, or the archive member (then the archive too).
         own = problem.field == path.name or problem.field.startswith(f"{path.name}:")
@@ -140,7 +156,7 @@ def validate(flow: str, path: Path) -> None:
     if problems:
         click.echo(f"{len(problems)} problem(s)", err=True)
         sys.exit(1)
-    click.echo(f"{path.name}: valid {flow}")
+    click.echo(verdict)
 
 
 

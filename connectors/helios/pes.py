@@ -14,17 +14,19 @@ import binascii
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO
 
+from cryptography import x509
 from lxml import etree
 
 from broker.flows.base import Problem
 from broker.ids import luhn_ok
 from broker.xmlsafe import XmlError, iter_elements
+from connectors.helios.xades import verify_bordereau
 
 PES_NS = "http://www.minefi.gouv.fr/cp/helios/pes_v2/Rev0/aller"
 DSIG = "http://www.w3.org/2000/09/xmldsig#"
@@ -108,6 +110,7 @@ class PesSummary:
 @dataclass
 class _Reading:
     name: str
+    trust: Sequence[x509.Certificate] | None = None
     summary: PesSummary = field(default_factory=PesSummary)
     problems: list[Problem] = field(default_factory=list)
     # Units (bordereaux, pièces, PJ) read whole so far in the current block / bordereau.
@@ -115,6 +118,7 @@ class _Reading:
     pj_ids: set[str] = field(default_factory=set)
     pj_refs: list[tuple[str, int, str]] = field(default_factory=list)
     bordereau_ids: dict[str, int] = field(default_factory=dict)
+    id_counts: Counter[str] = field(default_factory=Counter)
     current: Bordereau | None = None
 
     def say(self, line: int | None, where: object, message: str) -> None:
@@ -159,12 +163,17 @@ def _local(element: etree._Element) -> str:
 
 
 def check_pes(source: Path | IO[bytes], name: str | None = None,
-              max_bytes: int = MAX_PES_BYTES) -> tuple[PesSummary, list[Problem]]:
-    """Every problem of the PES in ``source`` (streamed once), and what it says."""
+              max_bytes: int = MAX_PES_BYTES,
+              trust: Sequence[x509.Certificate] | None = None) -> tuple[PesSummary, list[Problem]]:
+    """Every problem of the PES in ``source`` (streamed once), and what it says.
+
+    With ``trust`` (the platform's anchors), each signed bordereau's XAdES signature is
+    verified too, while the bordereau is still whole.
+    """
     if isinstance(source, Path):
         with source.open("rb") as stream:
-            return check_pes(stream, name or source.name, max_bytes)
-    reading = _Reading(name or "pes.xml")
+            return check_pes(stream, name or source.name, max_bytes, trust)
+    reading = _Reading(name or "pes.xml", trust=trust)
     head = source.read(64)
     if b'encoding="ISO-8859-1"' not in head[:50] and b"encoding='ISO-8859-1'" not in head[:50]:
         reading.say(1, "", "the XML declaration must say encoding=\"ISO-8859-1\" within the "
@@ -201,8 +210,9 @@ def _on(r: _Reading, _event: str, element: etree._Element) -> None:
             r.done["Piece"] = 0
     elif tag in _DOMAINS or tag == "PES_PJ":  # the next block counts its units afresh
         r.done["Bordereau"] = r.done["Piece"] = r.done["PJ"] = 0
-    # A unit read whole goes: memory holds one pièce or one PJ at a time.
-    if tag in _UNITS:
+    # A unit read whole goes: memory holds one pièce or one PJ at a time (one bordereau when
+    # signatures are checked: a signature covers all its pièces).
+    if tag in _UNITS and not (tag == "Piece" and r.trust is not None):
         parent = element.getparent()
         if parent is not None:
             element.clear()
@@ -278,11 +288,19 @@ def _in_bordereau(r: _Reading, b: Bordereau, tag: str, parent: str, element: etr
         b.domain = _DOMAINS.get(parent, parent)
         b.line, b.path, b.id = line or 0, str(where), element.get("Id")
         _bordereau_done(r, b)
+        if b.signed and r.trust is not None:
+            # An Id two bordereaux carry makes the signature's reference ambiguous.
+            ids = {b.id: r.id_counts[b.id]} if b.id else None
+            verdict = verify_bordereau(element, r.trust, ids_in_document=ids)
+            if not verdict.ok:
+                r.say(b.line, f"{b.path}/ds:Signature", f"{verdict.judged}: {verdict.reason}")
         r.current = None
 
 
 def _bordereau_done(r: _Reading, b: Bordereau) -> None:
     r.summary.bordereaux.append(b)
+    if b.id:
+        r.id_counts[b.id] += 1
     if not b.id:
         r.say(b.line, b.path, "a bordereau needs an Id (the signature points at it)")
     elif b.id in r.bordereau_ids:

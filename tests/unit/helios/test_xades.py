@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import xmlsec
 from lxml import etree
 
-from connectors.helios.pes import PES_NS
+from connectors.helios.pes import PES_NS, check_pes
 from connectors.helios.xades import DS, Judged, verify_bordereau
 from simulators.pki import Issued, TestCA
 from tests.unit.helios.xades_signer import sign_bordereau
@@ -129,3 +131,52 @@ def test_the_signatures_made_here_verify_with_xmlsec_too(ca: TestCA, signer: Iss
     root.find(".//MtBordHT").set("V", "1.00")  # type: ignore[union-attr]
     with pytest.raises(xmlsec.Error):
         context.verify(signature)
+
+
+def test_check_pes_verifies_each_signed_bordereau_while_it_streams(
+        ca: TestCA, signer: Issued) -> None:
+    from tests.unit.helios.test_pes import bordereau, pes, piece
+
+    def flow(tamper: bool = False) -> bytes:
+        root = etree.fromstring(pes(bordereau(piece("55.22")), demat="1"))
+        (first,) = root.iter("Bordereau")
+        sign_bordereau(first, signer.key_pem, signer.cert_pem)
+        if tamper:
+            first.find(".//MtHT").set("V", "55.23")  # type: ignore[union-attr]
+            first.find(".//MtBordHT").set("V", "55.23")  # type: ignore[union-attr]
+        return etree.tostring(root, xml_declaration=True, encoding="ISO-8859-1")
+
+    assert check_pes(io.BytesIO(flow()), "p.xml", trust=[ca.cert])[1] == []
+    (problem,) = check_pes(io.BytesIO(flow(tamper=True)), "p.xml", trust=[ca.cert])[1]
+    assert problem.message.startswith("PES_DepenseAller/Bordereau/ds:Signature: tampered: a "
+                                      "digest does not match")
+    other = TestCA.create("Another CA", key_type="rsa")
+    (untrusted,) = check_pes(io.BytesIO(flow()), "p.xml", trust=[other.cert])[1]
+    assert "untrusted: the certificate of" in untrusted.message
+    # Without trust anchors, signatures are not judged (only the rules are).
+    assert check_pes(io.BytesIO(flow(tamper=True)), "p.xml")[1] == []
+
+
+def test_demat_validate_pes_checks_rules_and_signatures(
+        tmp_path: Path, ca: TestCA, signer: Issued) -> None:
+    from click.testing import CliRunner
+
+    from broker.cli import main
+    from tests.unit.helios.test_pes import bordereau, pes, piece
+
+    root = etree.fromstring(pes(bordereau(piece("55.22")), demat="1"))
+    sign_bordereau(next(root.iter("Bordereau")), signer.key_pem, signer.cert_pem)
+    good = tmp_path / "mandats.xml"
+    good.write_bytes(etree.tostring(root, xml_declaration=True, encoding="ISO-8859-1"))
+    anchors = tmp_path / "ca.pem"
+    anchors.write_bytes(ca.cert_pem)
+    said = CliRunner().invoke(main, ["validate", "pes", str(good), "--trust", str(anchors)])
+    assert said.exit_code == 0, said.output
+    assert said.output == ("mandats.xml: no problem found by the DGFiP rules, signatures "
+                           "verified; the PES schema check is not in this version\n")
+    bad = tmp_path / "bad.xml"
+    bad.write_bytes(pes(bordereau(piece("55.22")), id_coll="21400015000011"))
+    said = CliRunner().invoke(main, ["validate", "pes", str(bad)])
+    assert said.exit_code == 1
+    assert said.output.startswith("bad.xml:4: EnTetePES/IdColl: IdColl '21400015000011' is "
+                                  "not a valid SIRET")
