@@ -349,6 +349,8 @@ def _after(r: _Reading) -> None:
     s = r.summary
     if s.nom_fic is None:
         r.say(None, "Enveloppe/Parametres", "NomFic is missing: the DGFiP matches its acquit by it")
+    if not s.bordereaux and not s.pj:
+        r.say(None, "", "an empty PES: it holds no bordereau and no PJ")
     for ident, line, where in r.pj_refs:
         if ident not in r.pj_ids:
             r.say(line, where, f"PJRef {ident!r} points at no PJ of this flow's PES_PJ")

@@ -115,6 +115,10 @@ def test_nomfic_is_present_and_without_accents() -> None:
         "Enveloppe/Parametres: NomFic is missing: the DGFiP matches its acquit by it"]
 
 
+def test_a_pes_holds_a_bordereau_or_a_pj() -> None:
+    assert messages(pes()) == ["an empty PES: it holds no bordereau and no PJ"]
+
+
 def test_idcoll_is_a_valid_siret() -> None:
     assert messages(pes(bordereau(piece("55.22")), id_coll="21400015000011")) == [
         "EnTetePES/IdColl: IdColl '21400015000011' is not a valid SIRET (14 digits whose "
