@@ -42,11 +42,6 @@ _IN_BORDEREAU = frozenset({"Exer", "IdBord", "NbrPce", "MtBordHT", "Piece", "Bor
 # The amount of each line of a pièce (mandat: InfoLignePce, titre: InfoLignePiece).
 _LINE_AMOUNTS = etree.XPath("LigneDePiece/BlocLignePiece/*[self::InfoLignePce or "
                             "self::InfoLignePiece]/MtHT")
-
-
-def _line_amounts(piece: etree._Element) -> list[etree._Element]:
-    found = _LINE_AMOUNTS(piece)
-    return [e for e in found if isinstance(e, etree._Element)] if isinstance(found, list) else []
 _SPACE = re.compile(rb"\s+")
 _UNITS = frozenset({"Enveloppe", "EnTetePES", "Piece", "Bordereau", "PJ", "PES_DepenseAller",
                     "PES_RecetteAller", "PES_Facture", "PES_PJ"})
@@ -58,6 +53,11 @@ _FORMS = {
     "CodBud": (re.compile(r"[0-9A-Za-z]{2}"), "2 letters or digits"),
     "IdPost": (re.compile(r"[0-9]{6}"), "the 6-digit code of the public accountant's post"),
 }
+
+
+def _line_amounts(piece: etree._Element) -> list[etree._Element]:
+    found = _LINE_AMOUNTS(piece)
+    return [e for e in found if isinstance(e, etree._Element)] if isinstance(found, list) else []
 
 
 @dataclass
