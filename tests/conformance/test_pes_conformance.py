@@ -7,6 +7,7 @@ them from the next package version (v4.91), which :class:`StandIns` does.
 from __future__ import annotations
 
 import base64
+import io
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,27 @@ def test_the_real_pes_retour_is_read_with_its_authority_and_pieces() -> None:
         "PESRETOUR_DEP", "12345678900012", "221", "00", "082008")
     assert retour.blocks == ("PES_DepenseRetour",)
     assert retour.pieces == (RetourPiece("2009", "1234567", "832", "01"),)
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["acquitted", "refused"])
+def test_the_acquits_the_dgfip_simulator_writes_pass_the_official_schema(
+        refused: bool, official_acquit: etree.XMLSchema) -> None:
+    from simulators.dgfip import DUPLICATE_BORDEREAU, UNKNOWN_SIRET, acquit_for
+    from tests.unit.helios.test_pes import bordereau, pes, piece
+
+    flow = pes(bordereau(piece("55.22")), bordereau(piece("10"), ident="B2", total="10"))
+    summary, problems = check_pes(io.BytesIO(flow), "p.xml")
+    assert problems == []
+    refusals = {"12": [DUPLICATE_BORDEREAU, UNKNOWN_SIRET]} if refused else None
+    data = acquit_for(summary, refusals=refusals, pj_ids=["21400015000018DEPENSE20260001"])
+    doc = etree.fromstring(data)
+    assert official_acquit.validate(doc), [e.message for e in official_acquit.error_log]
+    read = read_acquit(data)
+    assert read.nom_fic == "mandats_2026_12" and len(read.elements) == 3
+    assert read.accepted is not refused
+    if refused:  # the built flow's two bordereaux both carry number 12
+        assert read.problems() == [
+            "bordereau 12 (2026): ERREUR_DOUBLON_BORDEREAU: Bordereau déjà intégré dans HELIOS",
+            "bordereau 12 (2026): ERREUR_SIRET: Le SIRET de la collectivité est inconnu",
+            "bordereau 12 (2026): ERREUR_DOUBLON_BORDEREAU: Bordereau déjà intégré dans HELIOS",
+            "bordereau 12 (2026): ERREUR_SIRET: Le SIRET de la collectivité est inconnu"]
