@@ -80,4 +80,5 @@ def acquit_for(summary: PesSummary, *, refusals: Mapping[str, Sequence[Refusal]]
         _v(element, "DomaineAck", "4")
         _v(element, "EtatAck", "1")
         _v(element, "IdUnique", ident)
-    return etree.tostring(root, xml_declaration=True, encoding="ISO-8859-1")
+    data: bytes = etree.tostring(root, xml_declaration=True, encoding="ISO-8859-1")
+    return data
