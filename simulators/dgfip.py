@@ -80,5 +80,6 @@ def acquit_for(summary: PesSummary, *, refusals: Mapping[str, Sequence[Refusal]]
         _v(element, "DomaineAck", "4")
         _v(element, "EtatAck", "1")
         _v(element, "IdUnique", ident)
-    data: bytes = etree.tostring(root, xml_declaration=True, encoding="ISO-8859-1")
+    data = etree.tostring(root, xml_declaration=True, encoding="ISO-8859-1")
+    assert isinstance(data, bytes)  # an encoding is given: bytes, never str
     return data
