@@ -20,7 +20,8 @@ from connectors.actes.classification import Classification
 from connectors.actes.envelope import ArchiveContents, Member
 from connectors.actes.messages import ARActe, DonneesActe, EnveloppeCLMISILL, EnveloppeMISILLCL
 from connectors.actes.natures import NATURES, find_nature
-from connectors.actes.xmlbind import local
+from connectors.actes.problems import located
+from connectors.actes.xmlbind import first_named, local
 
 # The extensions a file of each kind may have (the content decides, the name must agree).
 _EXTENSIONS = {FileKind.PDF: {"pdf"}, FileKind.XML: {"xml"}, FileKind.PNG: {"png"},
@@ -28,8 +29,7 @@ _EXTENSIONS = {FileKind.PDF: {"pdf"}, FileKind.XML: {"xml"}, FileKind.PNG: {"png
 
 
 def _at(name: str, element: etree._Element) -> str:
-    line = element.sourceline
-    return f"{name}:{line}" if isinstance(line, int) and line > 0 else name
+    return located(name, element.sourceline)
 
 
 def _attributes(root: etree._Element, attribute: str) -> Iterator[tuple[etree._Element, str]]:
@@ -54,7 +54,7 @@ def message_problems(name: str, root: etree._Element, message: object,
     if isinstance(message, DonneesActe):
         found += _annex_count(name, root, message)
         if classification is not None and message.classification_date != classification.date:
-            at = next((e for e in root.iter() if local(e) == "ClassificationDateVersion"), root)
+            at = first_named(root, "ClassificationDateVersion")
             found.append(Problem(_at(name, at), (
                 f"ClassificationDateVersion {message.classification_date} is not the date of "
                 f"the entity's current classification ({classification.date})")))
@@ -85,7 +85,7 @@ def _acknowledged(name: str, root: etree._Element, ar: ARActe) -> list[Problem]:
         return []  # said by the IDActe rule
     received = ar.acte_recu
     nature = find_nature(received.code_nature)
-    at = next((e for e in root.iter() if local(e) == "ActeRecu"), root)
+    at = first_named(root, "ActeRecu")
     mismatches = [
         (f"date {parsed.date}", f"@Date {received.date}") if received.date
         and received.date != parsed.date else None,
@@ -103,7 +103,7 @@ def _annex_count(name: str, root: etree._Element, acte: DonneesActe) -> list[Pro
     paper = acte.document_papier == "O"
     if count == declared or (count < declared and paper):
         return []
-    at = next((e for e in root.iter() if local(e) == "Annexes"), root)
+    at = first_named(root, "Annexes")
     also = "" if count > declared else " (more are allowed only with DocumentPapier=O)"
     return [Problem(_at(name, at), f"Annexes: @Nombre says {declared}, the message lists "
                     f"{count} annex(es){also}")]
@@ -148,13 +148,20 @@ def _names_agree(archive_name: str, contents: ArchiveContents) -> list[Problem]:
         found.append(Problem(envelope_name, f"the name's SIREN {parsed.siren} is not the "
                              f"{who} SIREN {siren}"))
     # What an authority sends is named after its envelope (received ones get renamed).
-    if isinstance(envelope, EnveloppeCLMISILL):
-        stem = envelope_name.removesuffix(".xml")
-        if not (archive_name.endswith(f"-{stem}.tar.gz") and len(archive_name) ==
-                len(stem) + len("XXX-.tar.gz")):
-            found.append(Problem(archive_name, f"the archive must be named "
-                                 f"<TdT code>-{stem}.tar.gz after its envelope"))
+    if isinstance(envelope, EnveloppeCLMISILL) and not _named_after(archive_name, envelope_name):
+        found.append(Problem(archive_name, "the archive must be named <TdT code>-"
+                             f"{envelope_name.removesuffix('.xml')}.tar.gz after its envelope"))
     return found
+
+
+def _named_after(archive_name: str, envelope_name: str) -> bool:
+    """``archive_name`` is what ``names.archive_name`` makes of the envelope's, for its TdT."""
+    try:
+        parsed = names.parse_name(archive_name)
+    except ValueError:
+        return False
+    return (isinstance(parsed, names.EnvelopeName) and parsed.itc is not None
+            and names.archive_name(parsed.itc, envelope_name) == archive_name)
 
 
 def _extension(member: Member) -> list[Problem]:
@@ -177,8 +184,7 @@ def _file_names(name: str, root: etree._Element, acte: DonneesActe) -> list[Prob
         untyped = stem.split("-", 1)[1] if names.type_code(file.nom_fichier) else stem
         if untyped != f"{base}_{index}":
             what = "the act document" if index == 1 else f"annex {index - 1}"
-            naming = next((e for e in root.iter() if local(e) == "NomFichier"
-                           and (e.text or "").strip() == file.nom_fichier), root)
+            naming = first_named(root, "NomFichier", file.nom_fichier)
             found.append(Problem(_at(name, naming), (
                 f"{what} {file.nom_fichier!r} must be named [TYPE-]{base}_{index}.<ext> "
                 "after its message")))

@@ -42,3 +42,8 @@ def problems_from(exc: ValidationError, locate: Callable[[Loc], str] = dotted) -
             message = f"{message}, got {error['input']!r}"
         problems.append(Problem(locate(tuple(error["loc"])), message))
     return problems
+
+
+def located(name: str, line: object) -> str:
+    """``file:line`` when the line is known, else the file: where a problem is."""
+    return f"{name}:{line}" if isinstance(line, int) and line > 0 else name

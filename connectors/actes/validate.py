@@ -31,9 +31,9 @@ from connectors.actes.envelope import (
 from connectors.actes.messages import BY_ROOT, IDCL, DonneesActe, EnveloppeCLMISILL, read_element
 from connectors.actes.names import MessageFileName, parse_name
 from connectors.actes.natures import find_nature
-from connectors.actes.problems import MessageError, problems_from
+from connectors.actes.problems import MessageError, located, problems_from
 from connectors.actes.schema import violations
-from connectors.actes.xmlbind import ACTES_NS, ENCODINGS, local
+from connectors.actes.xmlbind import ACTES_NS, ENCODINGS, first_named, local
 
 # Metadata field → (what it is in the message, the element whose line locates it).
 _ACTE_ITEMS = {
@@ -78,24 +78,20 @@ def validate_path(
     ]
 
 
-def _at(name: str, line: object) -> str:
-    return f"{name}:{line}" if isinstance(line, int) and line > 0 else name
-
-
 def _xml(name: str, path: Path) -> tuple[etree._Element | None, list[Problem]]:
     try:
         root = parse_file(path, encodings=ENCODINGS)
     except XmlError as exc:
-        return None, [Problem(_at(name, exc.line), exc.reason)]
+        return None, [Problem(located(name, exc.line), exc.reason)]
     namespace = etree.QName(root).namespace
     if namespace != ACTES_NS:
         found = f"found {namespace}" if namespace else "found none"
-        return root, [Problem(_at(name, root.sourceline), f"element {local(root)}: namespace "
+        return root, [Problem(located(name, root.sourceline), f"element {local(root)}: namespace "
                               f"{ACTES_NS} expected, {found}")]
     if local(root) not in BY_ROOT:
-        return root, [Problem(_at(name, root.sourceline), f"{local(root)} is no ACTES message "
+        return root, [Problem(located(name, root.sourceline), f"{local(root)} is no ACTES message "
                               f"(messages: {', '.join(sorted(BY_ROOT))})")]
-    problems = [Problem(_at(name, line), message) for line, message in violations(root)]
+    problems = [Problem(located(name, line), message) for line, message in violations(root)]
     return root, problems
 
 
@@ -189,8 +185,8 @@ def _placed(name: str, root: etree._Element, found: Sequence[Problem]) -> list[P
     for problem in found:
         key = problem.field.split("[")[0]
         item, element = _ACTE_ITEMS.get(key, (problem.field, None))
-        at = next((e for e in root.iter() if local(e) == element), root) if element else root
-        placed.append(Problem(_at(name, at.sourceline), f"{item}: {problem.message}"))
+        at = first_named(root, element) if element else root
+        placed.append(Problem(located(name, at.sourceline), f"{item}: {problem.message}"))
     return placed
 
 
@@ -223,9 +219,8 @@ def _act(
 def _absent(name: str, root: etree._Element, acte: DonneesActe, file_name: str) -> Problem:
     """A file the message names that the archive lacks, at the line that names it."""
     item = "Document" if file_name == acte.document.nom_fichier else "Annexes"
-    naming = next((e for e in root.iter() if local(e) == "NomFichier"
-                   and (e.text or "").strip() == file_name), root)
-    return Problem(_at(name, naming.sourceline),
+    naming = first_named(root, "NomFichier", file_name)
+    return Problem(located(name, naming.sourceline),
                    f"{item}: {file_name!r} is named in the message but not in the archive")
 
 

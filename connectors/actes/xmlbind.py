@@ -66,6 +66,13 @@ def local(element: etree._Element) -> str:
     return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
 
 
+def first_named(root: etree._Element, name: str, text: str | None = None) -> etree._Element:
+    """The first element named ``name`` (any namespace), holding ``text`` if given; else
+    ``root``: a problem about it is then located at the message itself."""
+    return next((e for e in root.iter() if local(e) == name
+                 and (text is None or (e.text or "").strip() == text)), root)
+
+
 def children(element: etree._Element, names: tuple[str, ...]) -> list[etree._Element]:
     return [c for c in element if local(c) in names]
 

@@ -68,8 +68,9 @@ class CallbackConnector:
             raise PermanentError(f"entity {ctx.entity}: connectors.callback.signing_secret is "
                                  "required (the receiver checks each call's signature)")
         url = _target(settings, ctx)
-        body = json.dumps(payload(ctx), ensure_ascii=False, sort_keys=True).encode()
-        delivery = f"{ctx.document_id}:{ctx.step}:{payload(ctx)['outcome']}"
+        told = payload(ctx)
+        body = json.dumps(told, ensure_ascii=False, sort_keys=True).encode()
+        delivery = f"{ctx.document_id}:{ctx.step}:{told['outcome']}"
         what = f"callback {url}"
 
         async def post() -> None:
@@ -81,9 +82,7 @@ class CallbackConnector:
                                          timeout=aiohttp.ClientTimeout(total=settings.timeout)
                                          ) as resp:
                     await error_for_status(resp, what)
-            except aiohttp.ClientError as exc:
-                raise transient_from(exc, what) from exc
-            except TimeoutError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 raise transient_from(exc, what) from exc
 
         await ctx.call(post)

@@ -194,11 +194,12 @@ _WATCHED = ("NomFic", "IdColl", "CodCol", "CodBud", "IdPost", "DteStr", "InfoDem
             "Bordereau", "Exer", "IdBord", "NbrPce", "MtBordHT", "Piece", "Signature",
             "PJRef", "PJ", "PES_DepenseAller", "PES_RecetteAller", "PES_Facture", "PES_PJ",
             "Enveloppe", "EnTetePES")
+_WATCHED_TAGS = [f"{{*}}{t}" for t in _WATCHED]
 
 
 def _events(stream: _Latin1Check, max_bytes: int) -> Iterator[tuple[str, etree._Element]]:
-    yield from iter_elements(stream, tag=[f"{{*}}{t}" for t in _WATCHED],  # type: ignore[arg-type]
-                             max_bytes=max_bytes, encodings=ENCODINGS)
+    return iter(iter_elements(stream, tag=_WATCHED_TAGS,  # type: ignore[arg-type]
+                              max_bytes=max_bytes, encodings=ENCODINGS))
 
 
 def _on(r: _Reading, _event: str, element: etree._Element) -> None:
