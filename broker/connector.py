@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from broker.entity_settings import ConnectorSettings, problems_of
 from broker.outcomes import (
+    REJECTION,
     Done,
     NewFile,
     Outcome,
@@ -29,6 +30,7 @@ from broker.outcomes import (
 from broker.retry import InCallRetry, RetryPolicy
 
 __all__ = [
+    "REJECTION",
     "Checkable",
     "Connector",
     "ConnectorSettings",

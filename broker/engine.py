@@ -17,6 +17,7 @@ from typing import Any
 from broker.flows.base import Flow
 from broker.journal import Entry
 from broker.outcomes import (
+    REJECTION,
     Done,
     Outcome,
     Pending,
@@ -196,8 +197,7 @@ def apply(
     elif isinstance(result, Rejected):
         entries.append(Entry("attempt", {"step": job.step, "run": job.run, "try": last_try,
                                          "rejected": result.reason}, doc.id))
-        transition = Transition(REJECTED, job.step, job.run, last_error=result.reason,
-                                metadata=dict(result.metadata))
+        transition = _after_rejected(flow, doc, job, result, now)
     elif isinstance(result, PermanentError):
         entries.append(Entry("error", {"step": job.step, "run": job.run, "try": last_try,
                                        "error": result.message, "permanent": True}, doc.id))
@@ -211,7 +211,31 @@ def apply(
     return _changed(doc, transition)
 
 
+def _told_of_rejection(flow: Flow, doc: Doc, after: str) -> list[str]:
+    """The ``on_rejected`` steps of the document's plan still to run after step ``after``."""
+    steps = [s for s in flow.plan(doc.metadata) if s in flow.on_rejected]
+    return steps[steps.index(after) + 1:] if after in steps else steps
+
+
+def _after_rejected(flow: Flow, doc: Doc, job: Job, result: Rejected, now: float) -> Transition:
+    metadata = dict(result.metadata)
+    following = [] if job.step in flow.on_rejected else _told_of_rejection(flow, doc, job.step)
+    if not following:
+        return Transition(REJECTED, job.step, job.run, last_error=result.reason,
+                          metadata=metadata)
+    metadata[REJECTION] = {"step": job.step, "reason": result.reason}
+    return Transition(QUEUED, following[0], 1, _run_job(flow, following[0], "run", 1, now),
+                      last_error=result.reason, metadata=metadata)
+
+
 def _after_done(flow: Flow, doc: Doc, job: Job, now: float) -> Transition:
+    rejection = doc.metadata.get(REJECTION)
+    if isinstance(rejection, Mapping) and job.step in flow.on_rejected:
+        still = _told_of_rejection(flow, doc, job.step)
+        if not still:
+            return Transition(REJECTED, job.step, job.run, last_error=str(rejection["reason"]))
+        return Transition(QUEUED, still[0], 1, _run_job(flow, still[0], "run", 1, now),
+                          last_error=str(rejection["reason"]))
     plan = flow.plan(doc.metadata)
     # A step outside the plan is an action's: it ends the document again.
     index = plan.index(job.step) if job.step in plan else len(plan)

@@ -26,8 +26,9 @@ from broker.accounts import Principal
 from broker.batch import Batcher
 from broker.blobs import Staged
 from broker.errors import ServiceError
-from broker.flows.base import Flow, Intake, Problem, UploadedFile
+from broker.flows.base import Flow, Inspection, Intake, Problem, UploadedFile
 from broker.ids import new_id, siren_problem
+from broker.inspect import inspect_file
 from broker.metrics import DOCUMENTS_SUBMITTED
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
@@ -42,6 +43,8 @@ class StagedPart:
     name: str
     content_type: str
     staged: Staged
+    # The flow's inspector's verdict on it, when it was judged as it streamed in.
+    inspection: Inspection | None = None
 
 
 def _metadata_problems(raw: str | None) -> tuple[dict[str, Any] | None, list[Problem]]:
@@ -132,15 +135,18 @@ async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: st
             except ValidationError as exc:
                 problems += [Problem("metadata." + ".".join(str(p) for p in err["loc"]),
                                      err["msg"]) for err in exc.errors()]
+        uploads: list[UploadedFile] = []
         if flow is not None and model is not None and entity:
-            uploads = [UploadedFile(p.role, p.name, p.staged.size, p.staged.head) for p in parts]
+            uploads = [UploadedFile(p.role, p.name, p.staged.size, p.staged.head,
+                                    await _inspection(rt, flow, p)) for p in parts]
             problems += flow.check(model, uploads, await _intake(store, flow, entity))
-            if unique := flow.unique_key(model):
+            if unique := flow.unique_key(model, uploads):
                 problems += await _key_problems(await store.conn(), flow.name, entity, unique)
     if problems:
         raise ServiceError(422, "; ".join(f"{p.field}: {p.message}" for p in problems), problems)
     assert flow is not None and entity is not None and model is not None and metadata is not None
-    unique = flow.unique_key(model)
+    unique = flow.unique_key(model, uploads)
+    metadata = {**metadata, **flow.derived(uploads)}
     doc = eng.Doc(new_id(), flow.name, eng.QUEUED, None, 0, metadata)
     stored = [StoredFile(p.role, p.name, p.content_type, p.staged.size, p.staged.sha256)
               for p in parts]
@@ -168,6 +174,15 @@ async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: st
     files = [SimpleNamespace(id=file_id, **asdict(f)) for file_id, f in zip(file_ids, stored,
                                                                            strict=True)]
     return Submitted(document_view(row, files))
+
+
+async def _inspection(rt: Runtime, flow: Flow, part: StagedPart) -> Inspection | None:
+    """The part's verdict: judged as it came, or now (its flow was named after it)."""
+    inspector = flow.inspectors.get(part.role)
+    if part.inspection is not None or inspector is None:
+        return part.inspection
+    return await inspect_file(inspector, part.staged.tmp_path, part.name,
+                              rt.settings.inspect_options())
 
 
 class _LazyConnection:

@@ -54,6 +54,10 @@ class Rejected:
 
 Outcome = Done | Pending | Rejected
 
+# The metadata key under which a rejection waits while the flow's ``on_rejected`` steps
+# run (telling the finance software): ``{"step": ..., "reason": ...}``.
+REJECTION = "rejection"
+
 
 class StepError(Exception):
     """Base of the errors a step may raise."""

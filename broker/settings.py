@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     ingest_interval: str = "1m"
     # Uploads larger than this are refused (flows may set a lower cap).
     max_upload: int = 150 * 1024 * 1024
+    # HELIOS: the CA bundle (PEM) a PES's XAdES signatures must chain to; unset, signatures
+    # are checked by the TdT and the DGFiP only.
+    xades_trust: Path | None = None
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"
 
@@ -92,6 +95,10 @@ class Settings(BaseSettings):
     def seconds(self, name: str) -> float:
         """A duration setting in seconds, e.g. ``seconds("lease")``."""
         return parse_duration(str(getattr(self, name)))
+
+    def inspect_options(self) -> dict[str, Any]:
+        """What flow inspectors may use of the platform's settings."""
+        return {"xades_trust": self.xades_trust}
 
     def entities_file(self) -> dict[str, Any]:
         """The ``[entities.<SIREN>]`` tables of the TOML config, or {}."""

@@ -56,8 +56,10 @@ async def get_document(rt: Runtime, who: Principal, document_id: str) -> dict[st
 
 async def list_documents(rt: Runtime, who: Principal, *, entity: str | None = None,
                          flow: str | None = None, state: str | None = None, limit: int = 100,
-                         cursor: str | None = None) -> dict[str, Any]:
-    """Newest first; ``next_cursor`` continues after the last item."""
+                         cursor: str | None = None, nom_fic: str | None = None
+                         ) -> dict[str, Any]:
+    """Newest first; ``next_cursor`` continues after the last item. ``nom_fic``: the PES
+    of that NomFic (what finance software that polls looks its PES up by)."""
     if state and state not in eng.STATES:
         raise ServiceError(422, f"unknown state {state!r}",
                            [Problem("state", f"one of {', '.join(sorted(eng.STATES))}")])
@@ -69,8 +71,9 @@ async def list_documents(rt: Runtime, who: Principal, *, entity: str | None = No
             raise ServiceError(403, f"this token may not list entity {entity}")
         entity = who.entity
     async with rt.db.connect() as conn:
-        rows = await reads.documents_page(conn, limit=limit, entity=entity, flow=flow,
-                                          state=state, before=cursor)
+        rows = await reads.documents_page(
+            conn, limit=limit, entity=entity, flow=flow, state=state, before=cursor,
+            metadata={"nom_fic": nom_fic} if nom_fic else None)
     page = rows[:limit]
     return {"items": [document_view(r) for r in page],
             "next_cursor": page[-1].id if len(rows) > limit else None}

@@ -10,14 +10,18 @@ from broker.catalog import Catalog
 from broker.flows.actes import ACTES, COURRIERS
 from broker.flows.classification import CLASSIFICATION
 from broker.flows.depot import DEPOT
+from broker.flows.helios import HELIOS, RETOURS
 from connectors.actes.connector import TdtActesConnector
+from connectors.callback.connector import CallbackConnector
 from connectors.depot.connector import DepotConnector
+from connectors.helios.connector import TdtHeliosConnector
 from connectors.parapheur.connector import ParapheurConnector
 from connectors.sae.connector import SaeConnector
 
 
 def catalog() -> Catalog:
     return Catalog.build(
-        flows=[DEPOT, ACTES, COURRIERS, CLASSIFICATION],
-        connectors=[DepotConnector(), ParapheurConnector(), TdtActesConnector(), SaeConnector()],
+        flows=[DEPOT, ACTES, COURRIERS, CLASSIFICATION, HELIOS, RETOURS],
+        connectors=[DepotConnector(), ParapheurConnector(), TdtActesConnector(), SaeConnector(),
+                    TdtHeliosConnector(), CallbackConnector()],
     )

@@ -1,4 +1,5 @@
-"""An S²LOW-style TdT (tiers de télétransmission) for ACTES, over HTTPS with client certificates.
+"""An S²LOW-style TdT (tiers de télétransmission) for ACTES and HELIOS, over HTTPS with client
+certificates (HELIOS: ``simulators.tdt_helios``, with the DGFiP behind it).
 
 The API is the one S²LOW's ``api=1`` scripts offer under ``/modules/actes/`` (text
 answers ``OK``/``KO`` then the payload, in ISO-8859-1; JSON for ``api/*``). Each act
@@ -24,7 +25,8 @@ the préfecture send a letter about an acknowledged act (listed by
 ``{"date": "YYYY-MM-DD", "tdt": false}`` publishes a new classification at the
 préfecture (and at the TdT too with ``"tdt": true``); ``GET /_control/transactions``.
 
-Run: ``python -m simulators.tdt --port 0 [--cert-dir DIR] [--ack-after 0.5]``.
+Run: ``python -m simulators.tdt --port 0 [--cert-dir DIR] [--ack-after 0.5]
+[--acquit-after 0.5] [--unknown-post 999999]``.
 """
 
 from __future__ import annotations
@@ -62,8 +64,11 @@ from simulators.prefecture import (
     build_act_archive,
     build_cancel_archive,
 )
+from simulators.tdt_helios import COUNTERS as HELIOS_COUNTERS
+from simulators.tdt_helios import HELIOS, UNKNOWN_POST, Helios, HeliosOptions
 
-COUNTERS = ("transmissions", "duplicates", "acknowledged", "anomalies", "cancellations")
+COUNTERS = ("transmissions", "duplicates", "acknowledged", "anomalies", "cancellations",
+            *HELIOS_COUNTERS)
 ACTES = "/modules/actes"
 NUMBER_RE = re.compile(r"[0-9A-Z_]{1,15}")
 MINISTRY = "MIOCT"  # how S²LOW names @CTES in its messages
@@ -661,7 +666,7 @@ def _login_middleware(options: TdtOptions) -> Callable[..., Awaitable[web.Stream
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         wrong = request.headers.get("Authorization") != expected
-        if expected and request.path.startswith(ACTES) and wrong:
+        if expected and request.path.startswith((ACTES, HELIOS)) and wrong:
             return ko("Échec de l'authentification")
         return await handler(request)
 
@@ -669,6 +674,7 @@ def _login_middleware(options: TdtOptions) -> Callable[..., Awaitable[web.Stream
 
 
 TDT = web.AppKey("tdt", Tdt)
+HELIOS_MODULE = web.AppKey("helios", Helios)
 
 
 def build_app(
@@ -685,6 +691,8 @@ def build_app(
     faults: list[FaultRule] | None = None,
     seed: int = 0,
     certs: CertFiles | None = None,
+    acquit_after: float = 0.5,
+    unknown_posts: frozenset[str] = frozenset({UNKNOWN_POST}),
 ) -> web.Application:
     """The TdT app (serve it with :func:`serving_tls`); ``app[TDT]`` is its state.
 
@@ -703,7 +711,17 @@ def build_app(
     root, remove_store = store_dir_of(store_dir, "tdt")
     stats = Stats(COUNTERS)
     tdt = Tdt(options, stats, root)
-    app = create_app(stats=stats, faults=faults or (), seed=seed, on_reset=tdt.forget)
+    helios_store = root / "helios"
+    helios_store.mkdir(exist_ok=True)
+    helios = Helios(HeliosOptions(options.authority.siren, acquit_after, unknown_posts),
+                    stats, helios_store, tdt.later)
+
+    async def forget() -> None:
+        await tdt.forget()
+        helios_store.mkdir(exist_ok=True)
+        await helios.forget()
+
+    app = create_app(stats=stats, faults=faults or (), seed=seed, on_reset=forget)
     app.middlewares.append(_login_middleware(options))
     app[TDT] = tdt
     routes = (
@@ -720,6 +738,10 @@ def build_app(
     )
     for method, script, handler in routes:
         app.router.add_route(method, f"{ACTES}/{script}", handler)
+    for method, script, module_handler in helios.routes():
+        app.router.add_route(method, f"{HELIOS}/{script}", module_handler)
+    app.router.add_post("/_control/retour", helios.make_retours)
+    app[HELIOS_MODULE] = helios
     app.router.add_post("/_control/courrier", tdt.send_courrier)
     app.router.add_post("/_control/classification", tdt.publish_classification)
     app.router.add_get("/_control/transactions", tdt.listing)
@@ -785,7 +807,8 @@ def _day(value: str) -> date:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m simulators.tdt",
-        description="S²LOW-style TdT for ACTES with a préfecture behind it (HTTPS, client cert).",
+        description="S²LOW-style TdT for ACTES and HELIOS, with a préfecture and the DGFiP "
+        "behind it (HTTPS, client cert).",
     )
     add_common_arguments(parser)
     parser.add_argument(
@@ -826,6 +849,17 @@ def main(argv: list[str] | None = None) -> None:
         default=Authority.nature,
         help="authority type code (2 digits) of the envelope",
     )
+    parser.add_argument(
+        "--acquit-after",
+        type=float,
+        default=0.5,
+        help="seconds before the DGFiP answers a PES with its acquit (default 0.5)",
+    )
+    parser.add_argument(
+        "--unknown-post",
+        action="append",
+        help=f"an IdPost the DGFiP does not know (ERREUR_CODIQUE; default {UNKNOWN_POST})",
+    )
     parser.add_argument("--login", help="also require HTTP Basic with this login")
     parser.add_argument("--password", help="password of --login")
     parser.add_argument(
@@ -858,6 +892,8 @@ def _run(args: argparse.Namespace, certs: CertFiles) -> None:
         faults=args.faults,
         seed=args.seed,
         certs=certs,
+        acquit_after=args.acquit_after,
+        unknown_posts=frozenset(args.unknown_post or [UNKNOWN_POST]),
     )
     asyncio.run(_serve(app, certs, args.host, args.port))
 

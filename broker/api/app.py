@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -18,6 +19,7 @@ from broker.api.query import query
 from broker.blobs import TooLarge
 from broker.errors import ServiceError
 from broker.flows.base import Problem
+from broker.inspect import Inspecting
 from broker.intake import StagedPart
 from broker.metrics import DOCUMENTS_BY_STATE, INTAKE_REFUSED
 from broker.multipart import MultipartReader
@@ -131,8 +133,17 @@ async def submit(request: web.Request) -> web.Response:
                 raise ServiceError(422, "a file part has no name",
                                    [Problem("files", "each file part must be named by its "
                                             "role, e.g. name=\"document\"")])
+            flow = rt.flows.get(fields.get("flow") or "")
+            inspector = flow.inspectors.get(name) if flow is not None else None
+            inspecting = (Inspecting(inspector, part.filename or name,
+                                     rt.settings.inspect_options())
+                          if inspector is not None else None)
             try:
-                staged = await rt.blobs.stage(reader.chunks(), budget)
+                if inspecting is None:
+                    staged = await rt.blobs.stage(reader.chunks(), budget)
+                else:  # judged while it streams to disk
+                    async with aclosing(inspecting.through(reader.chunks())) as chunks:
+                        staged = await rt.blobs.stage(chunks, budget)
             except TooLarge as exc:
                 raise ServiceError(413, f"upload is {exc} ({rt.settings.max_upload} bytes per "
                                    "document)", [Problem(f"files.{name}", f"file part "
@@ -142,7 +153,8 @@ async def submit(request: web.Request) -> web.Response:
             # What the bytes are wins over what the client declared.
             declared = part.content_type or "application/octet-stream"
             parts.append(StagedPart(name, part.filename or name,
-                                    sniff(staged.head).media_type or declared, staged))
+                                    sniff(staged.head).media_type or declared, staged,
+                                    await inspecting.result() if inspecting else None))
         result = await intake.submit(rt, _who(request), fields.get("flow"),
                                       fields.get("entity"), fields.get("metadata"), parts,
                                       key)
@@ -167,6 +179,7 @@ async def list_documents(request: web.Request) -> web.Response:
     page = await views.list_documents(
         _rt(request), _who(request), entity=query(request, "entity"),
         flow=query(request, "flow"), state=query(request, "state"),
+        nom_fic=query(request, "nom_fic"),
         limit=query(request, "limit", 100), cursor=query(request, "cursor"))
     return web.json_response(page)
 

@@ -82,8 +82,8 @@ def build(flows: Mapping[str, Flow]) -> dict[str, Any]:
                 },
                 "get": {
                     "summary": "List documents, newest first, with cursor paging",
-                    "parameters": [_param(p) for p in ("entity", "flow", "state", "limit",
-                                                       "cursor")],
+                    "parameters": [_param(p) for p in ("entity", "flow", "state", "nom_fic",
+                                                       "limit", "cursor")],
                     "responses": {"200": _json(m.DocumentPage), **_ERRORS},
                 },
             },

@@ -32,7 +32,8 @@ class ActesFlow(Flow):
             steps.append("archive")
         return steps
 
-    def unique_key(self, metadata: BaseModel) -> tuple[str, str] | None:
+    def unique_key(self, metadata: BaseModel,
+                   files: Sequence[UploadedFile] = ()) -> tuple[str, str] | None:
         assert isinstance(metadata, ActeMetadata)
         return "metadata.numero", metadata.numero
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import IO, Any
 
 from pydantic import BaseModel
 
@@ -34,6 +34,28 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a submission, and where."""
+
+    field: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What a file's content says, judged while it was uploaded (``Flow.inspectors``)."""
+
+    # Indexed fields read from it (a PES: NomFic, IdColl, bordereaux...).
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    problems: Sequence[Problem] = ()
+
+
+# Reads one uploaded file's bytes from a blocking stream (in a thread, as they arrive) and
+# judges them; gets the file's name and the platform's options (trust anchors...).
+Inspector = Callable[[IO[bytes], str, Mapping[str, Any]], Inspection]
+
+
+@dataclass(frozen=True)
 class UploadedFile:
     """What a flow validator sees of an uploaded file."""
 
@@ -41,6 +63,7 @@ class UploadedFile:
     name: str
     size: int
     head: bytes  # first bytes, to recognise the type by content
+    inspection: Inspection | None = None
 
 
 @dataclass(frozen=True)
@@ -52,14 +75,6 @@ class Intake:
     # The entity's current classification for this flow (JSON as stored), if any.
     classification: Mapping[str, Any] | None = None
     classification_date: str | None = None
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a submission, and where."""
-
-    field: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,11 @@ class Flow:
     classification_by: str | None = None
     # Documents of this flow come from peers (ingested), never from a submission.
     incoming_only: bool = False
+    # Steps of the plan that still run when an earlier step is rejected (HELIOS: tell the
+    # finance software); the document ends ``rejected`` after them.
+    on_rejected: frozenset[str] = frozenset()
+    # Files of these roles are read by their inspector while they stream in.
+    inspectors: Mapping[str, Inspector] = field(default_factory=dict)
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -89,9 +109,14 @@ class Flow:
         """The steps this document goes through, in order (all of them by default)."""
         return [step.name for step in self.steps]
 
-    def unique_key(self, metadata: BaseModel) -> tuple[str, str] | None:
+    def unique_key(self, metadata: BaseModel,
+                   files: Sequence[UploadedFile] = ()) -> tuple[str, str] | None:
         """(field, value) no other live document of the entity may share; None: no such key."""
         return None
+
+    def derived(self, files: Sequence[UploadedFile]) -> dict[str, Any]:
+        """Metadata read from the files (their inspections' facts), stored with the rest."""
+        return {}
 
     def check(self, metadata: BaseModel, files: Sequence[UploadedFile],
               intake: Intake) -> list[Problem]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,9 +30,13 @@ async def latest_completed(conn: AsyncConnection, entity: str, flow: str, *,
 
 async def documents_page(conn: AsyncConnection, *, limit: int, entity: str | None = None,
                          flow: str | None = None, state: str | None = None,
-                         before: str | None = None) -> list[Any]:
-    """Newest first, ``limit + 1`` rows at most (the extra one says there are more)."""
+                         before: str | None = None,
+                         metadata: Mapping[str, str] | None = None) -> list[Any]:
+    """Newest first, ``limit + 1`` rows at most (the extra one says there are more);
+    ``metadata``: top-level metadata values the documents must have."""
     query = sa.select(documents).order_by(documents.c.id.desc()).limit(limit + 1)
+    for key, wanted in (metadata or {}).items():
+        query = query.where(documents.c.metadata[key].as_string() == wanted)
     for column, value in ((documents.c.entity, entity), (documents.c.flow, flow),
                           (documents.c.state, state)):
         if value:

@@ -17,11 +17,10 @@ it), optional ``login``/``password`` (HTTP Basic), ``timeout`` (s), ``poll_after
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,6 @@ from connectors.actes.tdt_client import (
     DUPLICATE_NUMBER_KO,
     PENDING_CANCEL_KO,
     ActeSubmission,
-    Attachment,
     TdtClient,
     TransactionStatus,
     TransactionSummary,
@@ -57,7 +55,8 @@ from connectors.base import (
     StepContext,
     settings_of,
 )
-from connectors.s2low.client import tdt_settings, wire_settings
+from connectors.once import create_once, keep_file, save_ref
+from connectors.s2low.client import Attachment, tdt_settings, wire_settings
 from connectors.s2low.settings import TdtAccount
 
 TRANSACTION_REF = "tdt_transaction"
@@ -71,8 +70,6 @@ IN_PROGRESS = frozenset({1, 2, 3, 17, 18})
 ACKNOWLEDGED = frozenset({4, 5, 12, 13, 14, 15, 19, 20, 22})
 # Error (an anomaly from the préfecture, or the TdT's), refused, refused to send.
 REFUSED = frozenset({-1, 6, 10})
-# Without an intent mark (no save_ref), the look-up covers this many days.
-LOOKUP_DAYS = 31
 DEFAULT_POLL = 30.0
 
 
@@ -124,63 +121,6 @@ def _read(xml: bytes, what: str) -> ActesModel:
         raise PermanentError(f"the TdT's {what} cannot be read: {exc}") from exc
 
 
-async def _keep(ctx: StepContext, role: str, name: str, data: bytes) -> tuple[NewFile, ...]:
-    """Store a message from the TdT at once; the files for the outcome when that is not possible."""
-    path = ctx.scratch(name)
-    await asyncio.to_thread(path.write_bytes, data)
-    new = NewFile(role=role, name=name, path=path, content_type="application/xml")
-    if ctx.save_file is None:
-        return (new,)
-    await ctx.save_file(new)
-    return ()
-
-
-async def _save(ctx: StepContext, key: str, value: str) -> None:
-    if ctx.save_ref is not None:
-        await ctx.save_ref(key, value)
-
-
-async def _once(
-    ctx: StepContext,
-    mark: str,
-    look_up: Callable[[dt.date | None], Awaitable[TransactionSummary | None]],
-    create: Callable[[], Awaitable[str]],
-    duplicate_ko: str,
-) -> str:
-    """Create at the TdT at most once: look up first whenever an earlier try may have created."""
-    started = ctx.refs.get(mark)
-    today = dt.date.today()
-    # Without a way to record intent, every run may follow a lost create: always look up.
-    earlier = started is not None or ctx.save_ref is None
-    since = (
-        dt.date.fromisoformat(started) - dt.timedelta(days=1)
-        if started
-        else today - dt.timedelta(days=LOOKUP_DAYS)
-    )
-    if started is None:
-        await _save(ctx, mark, today.isoformat())
-    tries = 0
-
-    async def one_try() -> str:
-        nonlocal tries
-        tries += 1
-        if earlier or tries > 1:
-            found = await look_up(since)
-            if found is not None:
-                return found.id
-        try:
-            return await create()
-        except PermanentError as exc:
-            if duplicate_ko not in exc.message:
-                raise
-            found = await look_up(None)
-            if found is None:
-                raise
-            return found.id
-
-    return await ctx.call(one_try)
-
-
 class TdtActesConnector:
     """Sends acts to the contrôle de légalité through the entity's TdT, and cancels them."""
 
@@ -229,7 +169,7 @@ class TdtActesConnector:
         except (XmlError, ValueError) as exc:
             raise PermanentError(f"{client.what}: unreadable classification: {exc}") from exc
         version = classification.date.isoformat()
-        files = await _keep(ctx, "classification", f"classification-{version}.xml", xml)
+        files = await keep_file(ctx, "classification", f"classification-{version}.xml", xml)
         return Done(metadata={"version_date": version,
                               "classification": json.loads(classification.to_json())},
                     files=files, note=f"classification of {version}")
@@ -248,14 +188,14 @@ class TdtActesConnector:
                     act.number, decision_date=act.decision_date, min_date=since
                 )
 
-            transaction = await _once(
+            transaction = await create_once(
                 ctx,
                 CREATE_MARK,
                 look_up,
                 lambda: client.create_transaction(act),
                 DUPLICATE_NUMBER_KO,
             )
-            await _save(ctx, TRANSACTION_REF, transaction)
+            await save_ref(ctx, TRANSACTION_REF, transaction)
             return Pending(poll, remote_ref=transaction, note=f"TdT transaction {transaction}")
         tid = transaction
         status = await ctx.call(lambda: client.get_status(tid))
@@ -280,7 +220,7 @@ class TdtActesConnector:
         message = _read(xml, "ARActe")
         if not isinstance(message, ARActe):
             raise PermanentError(f"{client.what}: expected an ARActe, got {message.ROOT}")
-        files = await _keep(ctx, "aracte", f"{_file_name(message.id_acte)}-1-2.xml", xml)
+        files = await keep_file(ctx, "aracte", f"{_file_name(message.id_acte)}-1-2.xml", xml)
         date_ar = message.date_reception.isoformat()
         return Done(
             metadata={
@@ -310,7 +250,7 @@ class TdtActesConnector:
                     "detail": message.detail,
                 }
                 number = _file_name(str(ctx.metadata.get("numero", ctx.document_id)))
-                files = await _keep(ctx, "anomalie", f"{message.ROOT}-{number}.xml", status.xml)
+                files = await keep_file(ctx, "anomalie", f"{message.ROOT}-{number}.xml", status.xml)
         return Rejected(reason=reason, metadata={"tdt": details}, files=files)
 
     # -- cancel --------------------------------------------------------------------------
@@ -332,10 +272,10 @@ class TdtActesConnector:
                     number, kind="6", min_date=since, statuses=(1, 2, 3, 17, 4, -1)
                 )
 
-            cancellation = await _once(
+            cancellation = await create_once(
                 ctx, CANCEL_MARK, look_up, lambda: client.cancel(act), PENDING_CANCEL_KO
             )
-            await _save(ctx, CANCEL_REF, cancellation)
+            await save_ref(ctx, CANCEL_REF, cancellation)
             return Pending(poll, remote_ref=cancellation, note=f"cancellation {cancellation}")
         cid = cancellation
         status = await ctx.call(lambda: client.get_status(cid))
@@ -346,7 +286,7 @@ class TdtActesConnector:
             if not isinstance(message, ARAnnulationMessage):
                 raise PermanentError(f"{client.what}: expected an ARAnnulation, got {message.ROOT}")
             name = f"{_file_name(message.id_acte)}-6-2.xml"
-            files = await _keep(ctx, "arannulation", name, status.xml)
+            files = await keep_file(ctx, "arannulation", name, status.xml)
             received = message.date_reception.isoformat()
             return Done(
                 metadata={

@@ -13,15 +13,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 
 from connectors.base import (
     PermanentError,
-    TransientError,
 )
 from connectors.s2low.client import (
+    Attachment,
+    OpenFiles,
     S2lowClient,
     decode_text,
     excerpt,
@@ -68,15 +69,6 @@ DUPLICATE_NUMBER_KO = "même numéro interne existe déjà"
 PENDING_CANCEL_KO = "demande d'annulation est déjà en cours"
 
 _ROOT = re.compile(rb"<([A-Za-z_][\w.\-]*(?::[A-Za-z_][\w.\-]*)?)[\s/>]")
-
-
-@dataclass(frozen=True)
-class Attachment:
-    """A file to post: where it is and the name the TdT sees."""
-
-    path: Path
-    name: str
-    content_type: str = "application/pdf"
 
 
 @dataclass(frozen=True)
@@ -180,7 +172,7 @@ class TdtClient(S2lowClient):
 
     async def create_transaction(self, act: ActeSubmission) -> str:
         """Post an act (``actes_transac_create.php``); the new transaction id."""
-        with _OpenFiles() as files:
+        with OpenFiles() as files:
             form = aiohttp.MultipartWriter("form-data")
             form_field(form, "api", "1")
             form_field(form, "nature_code", str(act.nature_code))
@@ -378,27 +370,3 @@ def _prefecture_document(row: Mapping[str, Any]) -> PrefectureDocument:
         text("unique_id"),
         int(status) if re.fullmatch(r"-?\d+", status) else 0,
     )
-
-
-class _OpenFiles:
-    """Files opened for one form, closed when the request is over."""
-
-    def __init__(self) -> None:
-        self.handles: list[IO[bytes]] = []
-
-    def __enter__(self) -> _OpenFiles:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        for handle in self.handles:
-            handle.close()
-
-    async def attach(self, form: aiohttp.MultipartWriter, name: str, file: Attachment) -> None:
-        try:
-            handle = await asyncio.to_thread(file.path.open, "rb")
-        except OSError as exc:
-            # The blob store may be back later.
-            raise TransientError(f"cannot read {file.name} ({file.path}): {exc}") from exc
-        self.handles.append(handle)
-        part = form.append(handle, {"Content-Type": file.content_type})
-        part.set_content_disposition("form-data", name=name, filename=file.name)

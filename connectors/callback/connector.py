@@ -16,10 +16,12 @@ from typing import Any
 
 import aiohttp
 
-from broker.connector import Done, Outcome, PermanentError, StepContext, settings_of
+from broker.connector import REJECTION, Done, Outcome, PermanentError, StepContext, settings_of
 from connectors.base import error_for_status, transient_from
 from connectors.callback.settings import CallbackSettings
 
+# Files the receiver is given a link to, by role.
+_LINKED = frozenset({"acquit", "pes_signe", "atr"})
 SIGNATURE_HEADER = "X-Demat-Signature"
 DELIVERY_HEADER = "X-Demat-Delivery"
 TIMESTAMP_HEADER = "X-Demat-Timestamp"
@@ -32,13 +34,18 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def payload(ctx: StepContext) -> dict[str, Any]:
-    """What the finance software is told: the document, its outcome and its errors."""
+    """What the finance software is told: the document, its outcome and its errors, and
+    where to fetch what came back (the acquit...)."""
     meta = ctx.metadata
+    rejection = meta.get(REJECTION)
+    base = f"/api/v1/documents/{ctx.document_id}"
     return {
         "document": ctx.document_id, "flow": ctx.flow, "entity": ctx.entity,
-        "outcome": meta.get("outcome"), "nom_fic": meta.get("nom_fic"),
+        "state": "rejected" if rejection else "completed", "nom_fic": meta.get("nom_fic"),
+        "reason": rejection.get("reason") if isinstance(rejection, dict) else None,
         "errors": meta.get("errors", []),
-        "links": {"document": f"/api/v1/documents/{ctx.document_id}"},
+        "links": {"document": base, **{
+            f.role: f"{base}/files/{f.id}" for f in ctx.files if f.role in _LINKED}},
     }
 
 
@@ -59,9 +66,12 @@ class CallbackConnector:
     steps = frozenset({"notify"})
     settings_key = "callback"
     settings = CallbackSettings
-    serves: frozenset[tuple[str, str]] = frozenset()
+    serves = frozenset({("helios", "notify")})
 
     async def run(self, ctx: StepContext) -> Outcome:
+        if not ctx.config and not ctx.metadata.get("callback_url"):
+            # Software that polls the API instead: nothing to tell.
+            return Done(note="no webhook configured for the entity (connectors.callback)")
         settings = settings_of(CallbackSettings, ctx.config, ctx.entity, "callback")
         secret = settings.secret("signing_secret")
         if not secret:
@@ -70,7 +80,7 @@ class CallbackConnector:
         url = _target(settings, ctx)
         told = payload(ctx)
         body = json.dumps(told, ensure_ascii=False, sort_keys=True).encode()
-        delivery = f"{ctx.document_id}:{ctx.step}:{told['outcome']}"
+        delivery = f"{ctx.document_id}:{ctx.step}:{told['state']}"
         what = f"callback {url}"
 
         async def post() -> None:

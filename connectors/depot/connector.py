@@ -99,7 +99,7 @@ class DepotConnector:
     steps = frozenset({"deliver"})
     settings_key = "depot"
     settings = DepotSettings
-    serves = frozenset({("depot", "deliver")})
+    serves = frozenset({("depot", "deliver"), ("helios-retour", "deliver")})
 
     async def check(self, config: Mapping[str, Any], entity: str,
                     http: aiohttp.ClientSession) -> str:

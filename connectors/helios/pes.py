@@ -89,6 +89,7 @@ class PesSummary:
     dte_str: str | None = None
     bordereaux: list[Bordereau] = field(default_factory=list)
     pj: int = 0
+    pj_ids: list[str] = field(default_factory=list)
     signed_whole: bool = False
     info_dematerialisee: bool = False
 
@@ -322,6 +323,7 @@ def _pj(r: _Reading, element: etree._Element, where: _Where, line: int | None) -
     ident = element.find("IdUnique")
     if ident is not None:
         r.pj_ids.add(_v(ident))
+        r.summary.pj_ids.append(_v(ident))
     content = element.find("Contenu/Fichier")
     if content is None:
         return

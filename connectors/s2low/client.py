@@ -149,6 +149,39 @@ def _tls_refusal(exc: BaseException) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """A file to post: where it is and the name the TdT sees."""
+
+    path: Path
+    name: str
+    content_type: str = "application/pdf"
+
+
+class OpenFiles:
+    """Files opened for one form, closed when the request is over."""
+
+    def __init__(self) -> None:
+        self.handles: list[IO[bytes]] = []
+
+    def __enter__(self) -> OpenFiles:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for handle in self.handles:
+            handle.close()
+
+    async def attach(self, form: aiohttp.MultipartWriter, name: str, file: Attachment) -> None:
+        try:
+            handle = await asyncio.to_thread(file.path.open, "rb")
+        except OSError as exc:
+            # The blob store may be back later.
+            raise TransientError(f"cannot read {file.name} ({file.path}): {exc}") from exc
+        self.handles.append(handle)
+        part = form.append(handle, {"Content-Type": file.content_type})
+        part.set_content_disposition("form-data", name=name, filename=file.name)
+
+
 class S2lowClient:
     """One TdT account: a client certificate, optionally a login; its modules subclass it."""
 

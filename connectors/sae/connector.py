@@ -108,7 +108,7 @@ def sae_config(config: Mapping[str, Any], entity: str) -> SaeConfig:
 
 
 def _title(ctx: StepContext) -> str:
-    for key in ("title", "objet", "subject"):
+    for key in ("title", "objet", "subject", "nom_fic"):
         value = ctx.metadata.get(key)
         if isinstance(value, str) and value.strip():
             return value.strip()
@@ -176,7 +176,7 @@ class SaeConnector:
     steps = frozenset({"archive"})
     settings_key = "sae"
     settings = SaeConfig
-    serves = frozenset({("actes", "archive")})
+    serves = frozenset({("actes", "archive"), ("helios", "archive")})
 
     async def check(self, config: Mapping[str, Any], entity: str,
                     http: aiohttp.ClientSession) -> str:

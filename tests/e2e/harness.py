@@ -8,11 +8,13 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,9 @@ import aio_pika
 import aiohttp
 import asyncpg
 
+from broker import accounts
+from broker.store.db import make_engine
+from broker.store.migrate import upgrade
 from broker.transport import DEFAULT_PREFIX
 from broker.wiring import catalog
 
@@ -316,3 +321,69 @@ async def isolated_amqp(amqp_url: str) -> AsyncIterator[str]:
         yield amqp_url
     finally:
         await delete_demat_queues(amqp_url)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def prepare_store(db_url: str) -> str:
+    """Migrate the store and make an operator token (in this process: no CLI start-up)."""
+    await upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            token: str = await accounts.create_token(conn, accounts.OPERATOR, label="e2e")
+    finally:
+        await engine.dispose()
+    return token
+
+
+async def wait_all_ended(api: Api, ids: list[str], timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    docs: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError, AssertionError):
+            docs = [await api.get(f"/api/v1/documents/{i}") for i in ids]
+            if all(d["state"] in TERMINAL for d in docs):
+                return docs
+        await asyncio.sleep(0.5)
+    states = Counter(d["state"] for d in docs)
+    raise AssertionError(f"documents did not all end within {timeout}s: {dict(states)}")
+
+
+async def submit_all(count: int, submit_one: Callable[[int, float], Awaitable[None]], *,
+                     rate: float = 10.0, concurrency: int = 5, timeout: float = 150.0) -> float:
+    """``submit_one(n, deadline)`` for n in 1..count at ``rate`` per second, ``concurrency``
+    at a time; returns when all were accepted (the time it started)."""
+    started = time.monotonic()
+    deadline = started + timeout
+    numbers = iter(range(1, count + 1))
+
+    async def submitter() -> None:
+        for n in numbers:
+            await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+            await submit_one(n, deadline)
+
+    await asyncio.gather(*(submitter() for _ in range(concurrency)))
+    return started
+
+
+Probe = Callable[[], Awaitable[dict[int, int]]]
+
+
+async def wait_mid_run(accepted: Callable[[], int], after: int, probe: Probe,
+                       timeout: float = 60.0) -> tuple[int, int]:
+    """Once ``after`` documents were accepted, a process holding claimed jobs: (pid, jobs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if accepted() >= after:
+            running = await probe()
+            if running:
+                pid = max(running, key=lambda p: running[p])
+                return pid, running[pid]
+        await asyncio.sleep(0.02)
+    raise AssertionError("no process ever held a claimed job")

@@ -19,12 +19,10 @@ import io
 import json
 import re
 import signal
-import socket
 import sqlite3
 import tarfile
 import time
 import zlib
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +42,6 @@ from broker.flows.actes import SIGNATURE_POLLS
 from broker.runtime import Runtime
 from broker.settings import Settings
 from broker.store import documents as stored_documents
-from broker.store.db import make_engine
-from broker.store.migrate import upgrade
 from broker.wiring import catalog
 from tests.api_client import served as api_served
 from tests.e2e.actes_stack import (
@@ -70,36 +66,23 @@ from tests.e2e.actes_stack import (
 from tests.e2e.harness import (
     TERMINAL,
     Api,
+    Probe,
     Proc,
     WorkerPool,
     demat_env,
+    free_port,
     isolated_amqp,
+    prepare_store,
     run_cli,
     start_demat,
     start_split_layout,
+    submit_all,
+    wait_all_ended,
+    wait_mid_run,
 )
 from tests.unit.actes import factory
 
 # --- processes ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def prepare_store(db_url: str) -> str:
-    """Migrate the store and make an operator token (in this process: no CLI start-up)."""
-    await upgrade(db_url)
-    engine = make_engine(db_url)
-    try:
-        async with engine.begin() as conn:
-            token: str = await accounts.create_token(conn, accounts.OPERATOR, label="e2e")
-    finally:
-        await engine.dispose()
-    return token
 
 
 @dataclass
@@ -247,48 +230,13 @@ async def submit_until_accepted(api: Api, n: int, intake: Intake, deadline: floa
     raise AssertionError(f"act {n} never accepted; last answer {last!r}")
 
 
-async def submit_all(api: Api, intake: Intake) -> float:
-    """Submit the acts at ``SUBMIT_RATE``; returns when all were accepted."""
-    started = time.monotonic()
-    deadline = started + END_TIMEOUT
-    numbers = iter(range(1, ACTS + 1))
-
-    async def submitter() -> None:
-        for n in numbers:
-            await asyncio.sleep(max(0.0, started + n / SUBMIT_RATE - time.monotonic()))
-            await submit_until_accepted(api, n, intake, deadline)
-
-    await asyncio.gather(*(submitter() for _ in range(SUBMIT_CONCURRENCY)))
-    return started
+def submit_acts(api: Api, intake: Intake) -> Awaitable[float]:
+    return submit_all(ACTS, lambda n, deadline: submit_until_accepted(api, n, intake, deadline),
+                      rate=SUBMIT_RATE, concurrency=SUBMIT_CONCURRENCY, timeout=END_TIMEOUT)
 
 
-Probe = Callable[[], Awaitable[dict[int, int]]]
-
-
-async def wait_mid_run(intake: Intake, probe: Probe, timeout: float = 60.0) -> tuple[int, int]:
-    """Once ``KILL_AFTER`` acts were accepted, a process holding claimed jobs: (pid, jobs)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(intake.accepted) >= KILL_AFTER:
-            running = await probe()
-            if running:
-                pid = max(running, key=lambda p: running[p])
-                return pid, running[pid]
-        await asyncio.sleep(0.02)
-    raise AssertionError("no process ever held a claimed job")
-
-
-async def wait_all_ended(api: Api, ids: list[str], timeout: float) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    docs: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        with contextlib.suppress(aiohttp.ClientError, AssertionError):
-            docs = [await api.get(f"/api/v1/documents/{i}") for i in ids]
-            if all(d["state"] in TERMINAL for d in docs):
-                return docs
-        await asyncio.sleep(0.5)
-    states = Counter(d["state"] for d in docs)
-    raise AssertionError(f"acts did not all end within {timeout}s: {dict(states)}")
+def mid_run(intake: Intake, probe: Probe) -> Awaitable[tuple[int, int]]:
+    return wait_mid_run(lambda: len(intake.accepted), KILL_AFTER, probe)
 
 
 @dataclass
@@ -400,7 +348,7 @@ async def test_50_acts_on_embedded_and_sqlite_with_serve_killed(tmp_path: Path) 
             return {proc.pid: running} if running and proc is not None else {}
 
         async def kill_once() -> int:
-            _pid, jobs = await wait_mid_run(intake, probe)
+            _pid, jobs = await mid_run(intake, probe)
             stack.serve.kill(signal.SIGKILL)
             assert stack.serve.proc is not None
             await stack.serve.proc.wait()
@@ -411,7 +359,7 @@ async def test_50_acts_on_embedded_and_sqlite_with_serve_killed(tmp_path: Path) 
             return await asyncio.to_thread(_sqlite_count, db, sql)
 
         killing = asyncio.create_task(kill_once())
-        started = await submit_all(stack.api, intake)
+        started = await submit_acts(stack.api, intake)
         jobs_at_kill = await asyncio.wait_for(killing, END_TIMEOUT)
         report = RunReport(
             "embedded+sqlite",
@@ -456,7 +404,7 @@ async def test_50_acts_on_rabbitmq_and_postgresql_with_a_worker_killed(
             intake = Intake()
 
             async def kill_once() -> int:
-                pid, jobs = await wait_mid_run(intake, workers.claimed)
+                pid, jobs = await mid_run(intake, workers.claimed)
                 await workers.kill_and_replace(pid)
                 return jobs
 
@@ -465,7 +413,7 @@ async def test_50_acts_on_rabbitmq_and_postgresql_with_a_worker_killed(
                 return value
 
             killing = asyncio.create_task(kill_once())
-            started = await submit_all(api, intake)
+            started = await submit_acts(api, intake)
             jobs_at_kill = await asyncio.wait_for(killing, END_TIMEOUT)
             report = RunReport(
                 "amqp+pg",

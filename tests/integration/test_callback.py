@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from broker.retry import InCallRetry, RetryPolicy
-from connectors.base import Done, PermanentError, StepContext, TransientError
+from connectors.base import REJECTION, Done, PermanentError, StepContext, TransientError
 from connectors.callback.connector import CallbackConnector, signature
 from simulators.common import serving, stats_of
 from simulators.faults import FaultRule
@@ -32,7 +32,8 @@ async def webhook() -> AsyncIterator[tuple[Any, str]]:
 def context(http: aiohttp.ClientSession, config: dict[str, Any], **metadata: Any) -> StepContext:
     return StepContext(
         document_id=DOC, flow="helios", entity="214000150", step="notify", run=1, kind="run",
-        metadata={"outcome": "rejected", "nom_fic": "mandats_2026_12",
+        metadata={REJECTION: {"step": "transmit", "reason": "refused by the DGFiP"},
+                  "nom_fic": "mandats_2026_12",
                   "errors": ["bordereau 13 (2026): ERREUR_DOUBLON_BORDEREAU: déjà intégré"],
                   **metadata},
         files=[], config=config, refs={}, http=http,
@@ -52,8 +53,9 @@ async def test_an_outcome_is_posted_signed_and_kept_once(webhook: tuple[Any, str
     assert isinstance(first, Done) and isinstance(again, Done)
     assert list(received) == [f"{DOC}:notify:rejected"]
     told = received[f"{DOC}:notify:rejected"]
-    assert (told["document"], told["outcome"], told["nom_fic"]) == (DOC, "rejected",
-                                                                     "mandats_2026_12")
+    assert (told["document"], told["state"], told["nom_fic"]) == (DOC, "rejected",
+                                                                   "mandats_2026_12")
+    assert told["reason"] == "refused by the DGFiP"
     assert told["errors"] == ["bordereau 13 (2026): ERREUR_DOUBLON_BORDEREAU: déjà intégré"]
     stats = stats_of(app)
     assert (stats["callbacks"], stats["callback_duplicates"]) == (1, 1)

@@ -17,7 +17,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from broker.outcomes import Done, NewFile, Outcome, Pending, Rejected, StepError
 from broker.retry import AttemptRecord, InCallRetry, RetryPolicy
@@ -35,10 +34,10 @@ from connectors.actes.messages import (
 from connectors.actes.tdt_client import TdtClient
 from connectors.base import FileView, PermanentError, StepContext, TransientError
 from connectors.s2low.client import tdt_settings
-from simulators.common import stats_of
 from simulators.faults import FaultRule
 from simulators.pki import TestCA
 from simulators.tdt import TDT, CertFiles, build_app, ensure_certs, serving_tls
+from tests.integration.tdt_sim import Tdt
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = "0195d3a0-7b1c-7000-8000-0000000000a1"
@@ -63,35 +62,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-@dataclass
-class Tdt:
-    app: web.Application
-    url: str
-    certs: CertFiles
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "cert": str(self.certs.client_cert),
-            "key": str(self.certs.client_key),
-            "ca": str(self.certs.ca),
-            "poll_after": 1,
-            "timeout": 5,
-        }
-
-    @property
-    def stats(self) -> dict[str, int]:
-        return stats_of(self.app)
-
-    @property
-    def ssl(self) -> ssl.SSLContext:
-        """The collectivité's side of TLS, for the control routes."""
-        context = ssl.create_default_context(cafile=str(self.certs.ca))
-        context.load_cert_chain(self.certs.client_cert, self.certs.client_key)
-        return context
 
 
 @pytest.fixture

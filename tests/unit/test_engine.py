@@ -120,6 +120,42 @@ def test_rejection_is_terminal_with_the_peer_words() -> None:
     assert t.last_error == "refusé par le maire : erreur de montant"
 
 
+TOLD = Flow(
+    name="told", description="", files={}, metadata_model=Meta,
+    steps=[Step("send", "tdt"), Step("archive", "sae"), Step("notify", "callback")],
+    on_rejected=frozenset({"notify"}),
+)
+
+
+def test_a_rejection_still_runs_the_on_rejected_steps_then_ends_rejected() -> None:
+    d = eng.Doc("D1", "told", eng.RUNNING, "send", 1, {})
+    t = eng.apply(TOLD, d, eng.Job("send", "run", 1), Rejected("ERREUR_CODIQUE", {"errors": [1]}),
+                  NOW, POLICIES)
+    # Archive is skipped; the finance software is told, the reason kept meanwhile.
+    assert (t.state, t.step, t.next_job.step) == (eng.QUEUED, "notify", "notify")  # type: ignore[union-attr]
+    assert t.last_error == "ERREUR_CODIQUE" and t.metadata["errors"] == [1]
+    assert t.metadata[eng.REJECTION] == {"step": "send", "reason": "ERREUR_CODIQUE"}
+    told = eng.Doc("D1", "told", eng.RUNNING, "notify", 1, t.metadata)
+    end = eng.apply(TOLD, told, eng.Job("notify", "run", 1), Done(), NOW, POLICIES)
+    assert (end.state, end.last_error, end.next_job) == (eng.REJECTED, "ERREUR_CODIQUE", None)
+    assert end.event == "told.rejected"
+
+
+def test_without_a_rejection_the_on_rejected_steps_run_in_plan_order() -> None:
+    d = eng.Doc("D1", "told", eng.RUNNING, "archive", 1, {})
+    t = eng.apply(TOLD, d, eng.Job("archive", "run", 1), Done(), NOW, POLICIES)
+    assert t.next_job.step == "notify"  # type: ignore[union-attr]
+    told = eng.Doc("D1", "told", eng.RUNNING, "notify", 1, {})
+    assert eng.apply(TOLD, told, eng.Job("notify", "run", 1), Done(), NOW,
+                     POLICIES).state == eng.COMPLETED
+
+
+def test_a_rejected_on_rejected_step_ends_the_document_at_once() -> None:
+    d = eng.Doc("D1", "told", eng.RUNNING, "notify", 1, {})
+    t = eng.apply(TOLD, d, eng.Job("notify", "run", 1), Rejected("no"), NOW, POLICIES)
+    assert t.state == eng.REJECTED and t.next_job is None
+
+
 def test_polls_have_their_cadence_and_never_spend_the_retry_budget() -> None:
     first = apply(Pending(poll_after=300.0))
     assert first.state == eng.WAITING and first.run == 1
