@@ -22,7 +22,6 @@ DGFiP send n PES_Retour for the authority.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -309,7 +308,6 @@ class Helios:
         self.bordereaux.clear()
         self.pj.clear()
         self.sent_today = 0
-        await asyncio.sleep(0)
 
 
 def retour_file(siren: str, serial: int) -> bytes:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,7 @@ from connectors.base import (
     settings_of,
 )
 from connectors.once import create_once, keep_file, save_ref
-from connectors.s2low.client import Attachment, tdt_settings, wire_settings
+from connectors.s2low.client import Attachment, tdt_file_name, tdt_settings, wire_settings
 from connectors.s2low.settings import TdtAccount
 
 TRANSACTION_REF = "tdt_transaction"
@@ -71,11 +70,6 @@ ACKNOWLEDGED = frozenset({4, 5, 12, 13, 14, 15, 19, 20, 22})
 # Error (an anomaly from the préfecture, or the TdT's), refused, refused to send.
 REFUSED = frozenset({-1, 6, 10})
 DEFAULT_POLL = 30.0
-
-
-def _file_name(name: str) -> str:
-    """A name S²LOW takes as is (it renames the files in the archive anyway)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "fichier"
 
 
 def submission(ctx: StepContext, en_attente: bool = False) -> ActeSubmission:
@@ -98,7 +92,7 @@ def submission(ctx: StepContext, en_attente: bool = False) -> ActeSubmission:
     annexes = ctx.files_with_role("annexe")
 
     def attach(view: FileView) -> Attachment:
-        return Attachment(view.path, _file_name(view.name), view.content_type)
+        return Attachment(view.path, tdt_file_name(view.name), view.content_type)
 
     return ActeSubmission(
         nature_code=meta.nature,
@@ -220,7 +214,7 @@ class TdtActesConnector:
         message = _read(xml, "ARActe")
         if not isinstance(message, ARActe):
             raise PermanentError(f"{client.what}: expected an ARActe, got {message.ROOT}")
-        files = await keep_file(ctx, "aracte", f"{_file_name(message.id_acte)}-1-2.xml", xml)
+        files = await keep_file(ctx, "aracte", f"{tdt_file_name(message.id_acte)}-1-2.xml", xml)
         date_ar = message.date_reception.isoformat()
         return Done(
             metadata={
@@ -249,7 +243,7 @@ class TdtActesConnector:
                     "nature": message.nature,
                     "detail": message.detail,
                 }
-                number = _file_name(str(ctx.metadata.get("numero", ctx.document_id)))
+                number = tdt_file_name(str(ctx.metadata.get("numero", ctx.document_id)))
                 files = await keep_file(ctx, "anomalie", f"{message.ROOT}-{number}.xml", status.xml)
         return Rejected(reason=reason, metadata={"tdt": details}, files=files)
 
@@ -285,7 +279,7 @@ class TdtActesConnector:
             message = _read(status.xml, "ARAnnulation")
             if not isinstance(message, ARAnnulationMessage):
                 raise PermanentError(f"{client.what}: expected an ARAnnulation, got {message.ROOT}")
-            name = f"{_file_name(message.id_acte)}-6-2.xml"
+            name = f"{tdt_file_name(message.id_acte)}-6-2.xml"
             files = await keep_file(ctx, "arannulation", name, status.xml)
             received = message.date_reception.isoformat()
             return Done(

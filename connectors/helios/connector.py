@@ -45,7 +45,7 @@ from connectors.helios.tdt_client import (
     sha1_of,
 )
 from connectors.once import create_once, keep_file, save_ref
-from connectors.s2low.client import Attachment, tdt_settings, wire_settings
+from connectors.s2low.client import Attachment, tdt_file_name, tdt_settings, wire_settings
 from connectors.s2low.settings import TdtAccount
 
 TRANSACTION_REF = "tdt_helios_transaction"
@@ -118,9 +118,7 @@ class TdtHeliosConnector:
     async def _deposit(self, ctx: StepContext, client: HeliosClient) -> str:
         pes = pes_to_send(ctx)
         sha1 = await asyncio.to_thread(sha1_of, pes.path)
-        # The TdT keeps the name; S²LOW takes letters, digits and ._- only.
-        name = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_"
-                       for c in pes.name) or "pes.xml"
+        name = tdt_file_name(pes.name)
 
         async def look_up(since: dt.date | None) -> Deposit | None:
             return await client.find_deposit(sha1, min_date=since)

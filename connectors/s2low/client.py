@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -129,6 +130,11 @@ _TYPOGRAPHY = {
     "\u20ac": "EUR",
     "\u202f": " ",
 }
+
+
+def tdt_file_name(name: str) -> str:
+    """A name S²LOW takes as is: letters, digits and ``._-`` (it renames files anyway)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "fichier"
 
 
 def form_field(form: aiohttp.MultipartWriter, name: str, value: str | bytes) -> None:
