@@ -146,9 +146,8 @@ def validate(flow: str, path: Path, trust: Path | None) -> None:
         anchors = x509.load_pem_x509_certificates(trust.read_bytes()) if trust else None
         _summary, problems = check_pes(path, trust=anchors)
         signatures = ", signatures verified" if anchors else ", signatures not judged (--trust)"
-        # The PES schema is not in this version's check: say what was checked, no more.
-        verdict = (f"{path.name}: no problem found by the DGFiP rules{signatures}; the PES "
-                   "schema check is not in this version")
+        verdict = (f"{path.name}: no problem found by the project's PES schema and the "
+                   f"DGFiP rules{signatures}")
     for problem in problems:
         # The field names the file and line, or the archive member (then the archive too).
         own = problem.field == path.name or problem.field.startswith(f"{path.name}:")

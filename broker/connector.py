@@ -86,6 +86,9 @@ class StepContext:
     workdir: Path
     # The flow step's options for its connector (``Step.options``).
     options: Mapping[str, Any] = field(default_factory=dict)
+    # What the platform's settings give flows and connectors (``Settings.platform_options``:
+    # the XAdES trust anchors...).
+    platform: Mapping[str, Any] = field(default_factory=dict)
     retry: InCallRetry = field(default_factory=lambda: InCallRetry(RetryPolicy()))
     # Persists a remote reference at once, before the step ends, so a re-run
     # after a crash finds it and reconciles with the peer instead of re-sending.

@@ -137,14 +137,16 @@ def _run_job(flow: Flow, step: str, kind: str, run: int, now: float) -> NextJob:
 
 
 def start(flow: Flow, doc: Doc, now: float, actor: str,
-          files: Sequence[tuple[str, str]] = ()) -> Transition:
+          files: Sequence[tuple[str, str]] = (), warnings: Sequence[str] = ()) -> Transition:
     """A document accepted at intake: schedule the first step of its plan.
 
-    ``files``: (role, name) of what came with it, journaled as received.
+    ``files``: (role, name) of what came with it, journaled as received; ``warnings``: what
+    its inspection let through but a person should see.
     """
     plan = flow.plan(doc.metadata)
     intake = Entry("intake", {"flow": flow.name, "plan": plan, **(
-        {"files": [{"role": role, "name": name} for role, name in files]} if files else {})},
+        {"files": [{"role": role, "name": name} for role, name in files]} if files else {}),
+        **({"warnings": list(warnings)} if warnings else {})},
         doc.id, actor)
     if not plan:
         transition = Transition(COMPLETED, None, 0, journal=[intake])

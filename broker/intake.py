@@ -150,7 +150,9 @@ async def _submit(rt: Runtime, who: Principal, flow_name: str | None, entity: st
     doc = eng.Doc(new_id(), flow.name, eng.QUEUED, None, 0, metadata)
     stored = [StoredFile(p.role, p.name, p.content_type, p.staged.size, p.staged.sha256)
               for p in parts]
-    first = eng.start(flow, doc, now(), who.actor, [(f.role, f.name) for f in stored])
+    warnings = [w for u in uploads if u.inspection for w in u.inspection.warnings]
+    first = eng.start(flow, doc, now(), who.actor, [(f.role, f.name) for f in stored],
+                      warnings)
     new = docs.NewDocument(docs.TransitionWrite(doc, entity, first), stored,
                            unique[1] if unique else None, submission_key)
     written = await _intake_writer(rt)(_Pending(new, [p.staged for p in parts]))
@@ -182,7 +184,7 @@ async def _inspection(rt: Runtime, flow: Flow, part: StagedPart) -> Inspection |
     if part.inspection is not None or inspector is None:
         return part.inspection
     return await inspect_file(inspector, part.staged.tmp_path, part.name,
-                              rt.settings.inspect_options())
+                              rt.settings.platform_options())
 
 
 class _LazyConnection:

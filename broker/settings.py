@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # HELIOS: the CA bundle (PEM) a PES's XAdES signatures must chain to; unset, signatures
     # are checked by the TdT and the DGFiP only.
     xades_trust: Path | None = None
+    # A signature whose certificate does not chain to those anchors is refused, unless this
+    # is set: then it is accepted and the journal warns.
+    xades_accept_untrusted: bool = False
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"
 
@@ -96,9 +99,10 @@ class Settings(BaseSettings):
         """A duration setting in seconds, e.g. ``seconds("lease")``."""
         return parse_duration(str(getattr(self, name)))
 
-    def inspect_options(self) -> dict[str, Any]:
-        """What flow inspectors may use of the platform's settings."""
-        return {"xades_trust": self.xades_trust}
+    def platform_options(self) -> dict[str, Any]:
+        """What flow inspectors and connectors may use of the platform's settings."""
+        return {"xades_trust": self.xades_trust,
+                "xades_accept_untrusted": self.xades_accept_untrusted}
 
     def entities_file(self) -> dict[str, Any]:
         """The ``[entities.<SIREN>]`` tables of the TOML config, or {}."""

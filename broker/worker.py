@@ -254,6 +254,7 @@ class Worker:
             metadata=doc_row.metadata, files=views, config=config, refs=doc_row.refs,
             http=self._http, workdir=workdir,
             options=self.rt.flows[doc_row.flow].step(job_row.step).options,
+            platform=self.rt.settings.platform_options(),
             retry=InCallRetry(self.rt.settings.retry_policy, attempts.append),
             save_ref=save_ref, save_file=save_file)
 

@@ -1,4 +1,10 @@
-"""``demat demo``: the broker with its simulators, a sample entity and sample documents."""
+"""``demat demo``: the broker with its simulators, a sample entity and sample documents.
+
+The samples: acts (with and without signature, archived or not), deliveries, and one PES
+with two bordereaux and a PJ that is signed in the parapheur (XAdES per bordereau),
+deposited at the TdT, acquitted by the DGFiP behind it, archived, and the finance
+software's webhook told.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,8 @@ import json
 import sys
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,10 +25,13 @@ from broker.settings import Settings
 from broker.store.db import make_engine
 from broker.store.migrate import upgrade
 from broker.wiring import catalog
+from simulators.pes_samples import sample_pes
 from simulators.samples import simple_pdf
 
 SAMPLE_ENTITY = "214000150"
 SAMPLE_NAME = "Commune d'exemple"
+# The sample finance software's webhook secret (the gf simulator checks it).
+CALLBACK_SECRET = "demat-demo-callback"
 
 
 def _say(key: str, value: str) -> None:
@@ -60,7 +70,9 @@ def connectors_config(sims: dict[str, Simulator]) -> dict[str, Any]:
     return {
         "depot": {"url": f"{sims['gf'].url}/inbox"},
         "parapheur": {"url": f"{sims['parapheur'].url}/ws-iparapheur-no-mtom",
-                      "type": "ACTES", "sous_type": "Deliberation"},
+                      "type": "ACTES", "sous_type": "Deliberation",
+                      "circuits": {"helios": {"type": "PES", "sous_type": "Bordereau"}}},
+        "callback": {"url": f"{sims['gf'].url}/callbacks", "signing_secret": CALLBACK_SECRET},
         "tdt": {"url": sims["tdt"].url, "cert": tdt["TDT_CLIENT_CERT"],
                 "key": tdt["TDT_CLIENT_KEY"], "ca": tdt["TDT_CA"]},
         "sae": {"url": sims["asalae"].url, "login": "demat", "password": "demat",
@@ -70,7 +82,7 @@ def connectors_config(sims: dict[str, Simulator]) -> dict[str, Any]:
 
 
 SIMULATORS: dict[str, tuple[str, ...]] = {
-    "gf": (),
+    "gf": ("--callback-secret", CALLBACK_SECRET),
     "parapheur": ("--auto-sign-after", "3"),
     "tdt": ("--siren", SAMPLE_ENTITY, "--departement", "040", "--ack-after", "1"),
     "asalae": ("--ack-after", "1", "--atr-after", "1"),
@@ -104,7 +116,12 @@ def _samples(count: int) -> list[tuple[str, dict[str, Any], str, str, bytes]]:
     deposits = [("depot", {"objet": f"Mandat de démonstration {n}", "exercice": 2026},
                  "document", f"demo-{n}.xml", f"<demo n='{n}'/>".encode())
                 for n in range(1, count + 1)]
-    return acts + deposits
+    # NomFic is taken once per CodCol on a platform: a second demo on the same data gets its own.
+    nom_fic = f"DEMO_PES_{datetime.now():%y%m%d%H%M%S}"
+    pes = sample_pes(nom_fic, bordereaux=2, pieces=2, pjs=1).replace(
+        b'<IdVer V="2"/>', b'<IdVer V="2"/><InfoDematerialisee V="1"/>', 1)
+    helios = [("helios", {"signature": True, "archive": True}, "pes", f"{nom_fic}.xml", pes)]
+    return acts + deposits + helios
 
 
 async def _fetch_classification(http: aiohttp.ClientSession, api_url: str) -> None:
@@ -148,6 +165,9 @@ async def run_demo(settings: Settings, documents: int) -> None:
         for name, args in SIMULATORS.items():
             sims[name] = await start_simulator(name, *args)
             stack.callback(sims[name].proc.terminate)
+        if settings.xades_trust is None:  # the PES it signs verify against its CA
+            settings = settings.model_copy(
+                update={"xades_trust": Path(sims["parapheur"].info["CA_PEM"])})
         operator, entity_token = await _prepare(settings, connectors_config(sims))
         api_url: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -167,4 +187,7 @@ async def run_demo(settings: Settings, documents: int) -> None:
         _say("DATA_DIR", str(settings.data_dir.resolve()))
         ids = await _submit_samples(url, operator, documents)
         _say("DOCUMENTS", ",".join(ids))
+        # The PES: signed at PARAPHEUR_URL, then at the TdT, acquitted, archived, told.
+        _say("HELIOS_DOCUMENT", ids[-1])
+        _say("WATCH", f"{url}/api/v1/documents/{ids[-1]}/journal")
         await server

@@ -1,4 +1,5 @@
-"""An i-Parapheur over real HTTP: the v4 SOAP web services, PAdES signing, a page to sign by hand.
+"""An i-Parapheur over real HTTP: the v4 SOAP web services, PAdES and XAdES signing, a page to
+sign by hand.
 
 ``POST /ws-iparapheur-no-mtom`` (and ``/ws-iparapheur``, also without MTOM)
 answers GetListeTypes, GetListeSousTypes, CreerDossier, GetHistoDossier,
@@ -8,7 +9,11 @@ for refusals (unknown type or sous-type, DossierID already used, not a PDF...).
 
 Dossiers are kept in memory. Signing applies a real PAdES signature with
 pyHanko, by a signer certificate from a test CA made at start (``GET /ca.pem``;
-paths at ``GET /_control/pki``). With ``--auto-sign-after S`` a dossier is
+paths at ``GET /_control/pki``). A type whose format is ``PES_V2`` (protocol HELIOS,
+``--type PES:PES_V2=Bordereau``) takes a PES: ``XPathPourSignatureXML`` says what is
+signed (``//Bordereau``: each bordereau, every one needs an Id; ``.``: the whole flow,
+its root needs an Id), each signature XAdES enveloped (``simulators.xades``), and the
+signed PES comes back in ``FichierPES``. With ``--auto-sign-after S`` a dossier is
 signed (or, drawn with ``--reject-ratio``, rejected) S seconds after it was
 created, at the next look at it; without it a person signs at ``GET /``.
 
@@ -50,6 +55,7 @@ from simulators.common import Stats, add_common_arguments, create_app, run_simul
 from simulators.faults import FaultRule
 from simulators.pki import Issued, KeyType, TestCA
 from simulators.samples import simple_pdf
+from simulators.xades import sign_pes
 
 COUNTERS = (
     "created",
@@ -61,6 +67,10 @@ COUNTERS = (
     "soap_faults",
     "ko",
 )
+# The signature format of each type (the product's "protocole"); unlisted types are PAdES.
+PES_V2 = "PES_V2"
+DEFAULT_FORMATS: dict[str, str] = {"PES": PES_V2}
+XPATHS = frozenset({"//Bordereau", "."})
 DEFAULT_TYPES: dict[str, tuple[str, ...]] = {
     "ACTES": ("Deliberation", "Arrete", "Contrat"),
     "PES": ("Bordereau",),
@@ -85,15 +95,16 @@ def now_iso() -> str:
 # --- documents --------------------------------------------------------------------------
 
 
-class PadesSigner:
-    """Signs PDFs (PAdES B-B) with a certificate issued by the simulator's CA."""
+class Signer:
+    """Signs PDFs (PAdES B-B) and PES (XAdES per bordereau) with a certificate issued by the
+    simulator's CA."""
 
     def __init__(self, ca: TestCA, issued: Issued, name: str) -> None:
         der = serialization.Encoding.DER
         key_der = issued.key.private_bytes(
             der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        self.name = name
+        self.name, self._issued = name, issued
         self._signer = signers.SimpleSigner(
             signing_cert=asn1_x509.Certificate.load(issued.cert.public_bytes(der)),
             signing_key=asn1_keys.PrivateKeyInfo.load(key_der),
@@ -115,15 +126,39 @@ class PadesSigner:
         )
         return bytes(signers.sign_pdf(writer, meta, signer=self._signer).getvalue())
 
+    def sign_pes(self, pes: bytes, xpath: str) -> bytes:
+        """Blocking: parses and signs the whole PES."""
+        return sign_pes(pes, xpath, self._issued.key_pem, self._issued.cert_pem,
+                        city="Simulateur")
 
-def pdf_problem(data: bytes) -> str | None:
+
+def pes_problem(data: bytes, xpath: str | None) -> str | None:
+    """Why the PES in ``data`` cannot be signed as ``xpath`` says, or None."""
+    if xpath not in XPATHS:
+        return (f"XPathPourSignatureXML {xpath!r} non pris en charge pour un type PES_V2 "
+                "(attendu //Bordereau ou .)")
+    try:
+        root = parse_bytes(data, max_bytes=MAX_REQUEST, encodings=("ISO-8859-1", "UTF-8"))
+    except XmlError as exc:
+        return f"le document principal n'est pas un PES lisible ({exc})"
+    if xpath == ".":
+        return None if root.get("Id") else "la racine du PES n'a pas d'attribut Id à signer"
+    bordereaux = list(root.iter("Bordereau"))
+    if not bordereaux:
+        return "le PES ne contient aucun Bordereau à signer"
+    if any(not b.get("Id") for b in bordereaux):
+        return "un Bordereau du PES n'a pas d'attribut Id : il ne peut pas être signé"
+    return None
+
+
+def pdf_problem(data: bytes, what: str = "le document principal") -> str | None:
     """Why ``data`` cannot be signed as a PDF, or None."""
     if not data.startswith(b"%PDF"):
-        return "le document principal n'est pas un fichier PDF"
+        return f"{what} n'est pas un fichier PDF"
     try:
         PdfFileReader(io.BytesIO(data)).root  # noqa: B018  (parsing is the check)
     except Exception as exc:  # pyHanko raises several kinds for a broken PDF
-        return f"le document principal est un PDF illisible ({exc})"
+        return f"{what} est un PDF illisible ({exc})"
     return None
 
 
@@ -167,6 +202,9 @@ class SimDossier:
     history: list[Log] = field(default_factory=list)
     signed: bytes | None = None
     bordereau: bytes | None = None
+    # PES_V2 types: what is signed, and the summary PDF the signer reads.
+    xpath: str | None = None
+    visuel: bytes | None = None
 
     @property
     def status(self) -> str:
@@ -202,6 +240,7 @@ class Refused(Exception):
 @dataclass
 class Settings:
     types: Mapping[str, tuple[str, ...]]
+    formats: Mapping[str, str]
     auto_sign_after: float | None
     reject_ratio: float
     reject_annotation: str
@@ -216,7 +255,7 @@ class Parapheur:
         self,
         settings: Settings,
         stats: Stats,
-        signer: PadesSigner,
+        signer: Signer,
         seed: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -248,7 +287,10 @@ class Parapheur:
             if not dossier.pending:
                 return
             signed = dossier.document
-            if dossier.content_type == "application/pdf":
+            if dossier.xpath is not None:
+                signed = await asyncio.to_thread(
+                    self.signer.sign_pes, dossier.document, dossier.xpath)
+            elif dossier.content_type == "application/pdf":
                 signed = await asyncio.to_thread(
                     self.signer.sign, dossier.document, f"Signature du dossier {dossier.id}"
                 )
@@ -327,10 +369,20 @@ class Parapheur:
         if doc_el is None:
             raise SoapFaultError("Element DocumentPrincipal manquant")
         document, content_type = _decode(doc_el), doc_el.get(f"{{{XMIME}}}contentType", "")
-        if content_type == "application/pdf":
+        xpath = visuel = None
+        if self.settings.formats.get(type_technique) == PES_V2:
+            xpath = _opt(el, "XPathPourSignatureXML")
+            problem = await asyncio.to_thread(pes_problem, document, xpath)
+            visuel_el = el.find(_q("VisuelPDF"))
+            if visuel_el is not None and (visuel_el.text or "").strip():
+                visuel = _decode(visuel_el)
+                problem = problem or pdf_problem(visuel, "le VisuelPDF")
+        elif content_type == "application/pdf":
             problem = await asyncio.to_thread(pdf_problem, document)
-            if problem:
-                raise Refused(problem[0].upper() + problem[1:])
+        else:
+            problem = None
+        if problem:
+            raise Refused(problem[0].upper() + problem[1:])
         dossier = SimDossier(
             id=dossier_id,
             type_technique=type_technique,
@@ -352,6 +404,8 @@ class Parapheur:
             },
             created=self.clock(),
             draw="reject" if self.rng.random() < self.settings.reject_ratio else "sign",
+            xpath=xpath,
+            visuel=visuel,
         )
         # The log the product writes (as the v5 legacy bridge does): "nom" is who acted.
         stamp, desk = now_iso(), self.signer.name.split()[-1]
@@ -402,9 +456,14 @@ class Parapheur:
                 out.append(_text_el(name, value))
         out.append(_text_el("Visibilite", dossier.visibilite))
         out.append(_nillable_el("DateLimite", dossier.date_limite))
-        out.append(
-            _doc_el("DocPrincipal", dossier.signed or dossier.document, dossier.content_type)
-        )
+        if dossier.xpath is not None:  # PES_V2: the signed PES comes back apart
+            out.append(_doc_el("DocPrincipal", dossier.document, dossier.content_type))
+            if dossier.signed is not None:
+                out.append(_doc_el("FichierPES", dossier.signed, dossier.content_type))
+        else:
+            out.append(
+                _doc_el("DocPrincipal", dossier.signed or dossier.document, dossier.content_type)
+            )
         out.append(_text_el("NomDocPrincipal", dossier.nom_doc))
         annexes = list(dossier.annexes)
         if dossier.bordereau is not None:
@@ -660,6 +719,7 @@ async def dossier_page(request: web.Request) -> web.Response:
         f"<p><a href='{link}/document'>{html.escape(dossier.nom_doc)}</a>"
         + (" (signé)" if dossier.signed else "")
         + (f" — <a href='{link}/bordereau'>bordereau</a>" if dossier.bordereau else "")
+        + (f" — <a href='{link}/visuel'>visuel</a>" if dossier.visuel else "")
         + "</p>",
         f"<table><tr><th>Date</th><th>Statut</th><th>Par</th><th>Annotation</th></tr>{history}</table>",
     ]
@@ -704,6 +764,13 @@ async def document(request: web.Request) -> web.Response:
     return web.Response(body=dossier.signed or dossier.document, content_type=dossier.content_type)
 
 
+async def visuel(request: web.Request) -> web.Response:
+    dossier = _dossier_of(request)
+    if dossier.visuel is None:
+        raise web.HTTPNotFound(text="Pas de VisuelPDF pour ce dossier")
+    return web.Response(body=dossier.visuel, content_type="application/pdf")
+
+
 async def bordereau(request: web.Request) -> web.Response:
     dossier = _dossier_of(request)
     if dossier.bordereau is None:
@@ -734,6 +801,7 @@ async def listing(request: web.Request) -> web.Response:
 def build_app(
     *,
     types: Mapping[str, Iterable[str]] | None = None,
+    formats: Mapping[str, str] | None = None,
     auto_sign_after: float | None = None,
     reject_ratio: float = 0.0,
     reject_annotation: str = DEFAULT_REJECT_ANNOTATION,
@@ -755,6 +823,7 @@ def build_app(
     files["signer"].write_bytes(issued.cert_pem)
     settings = Settings(
         types={k: tuple(v) for k, v in (types or DEFAULT_TYPES).items()},
+        formats=dict(DEFAULT_FORMATS if formats is None else formats),
         auto_sign_after=auto_sign_after,
         reject_ratio=reject_ratio,
         reject_annotation=reject_annotation,
@@ -762,7 +831,7 @@ def build_app(
         password=password,
     )
     stats = Stats(COUNTERS)
-    parapheur = Parapheur(settings, stats, PadesSigner(ca, issued, signer_name), seed)
+    parapheur = Parapheur(settings, stats, Signer(ca, issued, signer_name), seed)
     app = create_app(stats=stats, faults=faults or (), seed=seed, on_reset=parapheur.forget)
     app[PARAPHEUR] = parapheur
     app[PKI_FILES] = files
@@ -772,6 +841,7 @@ def build_app(
     app.router.add_get("/dossiers/{id}", dossier_page)
     app.router.add_get("/dossiers/{id}/document", document)
     app.router.add_get("/dossiers/{id}/bordereau", bordereau)
+    app.router.add_get("/dossiers/{id}/visuel", visuel)
     app.router.add_post("/dossiers/{id}/sign", sign_form)
     app.router.add_post("/dossiers/{id}/reject", reject_form)
     app.router.add_get("/ca.pem", ca_pem)
@@ -782,11 +852,15 @@ def build_app(
     return app
 
 
-def _type_argument(spec: str) -> tuple[str, tuple[str, ...]]:
+def _type_argument(spec: str) -> tuple[str, str, tuple[str, ...]]:
+    """``TYPE[:FORMAT]=SOUS_TYPE[,SOUS_TYPE...]``: FORMAT PADES (default) or PES_V2."""
     name, sep, subtypes = spec.partition("=")
-    if not sep or not name.strip() or not subtypes.strip():
-        raise argparse.ArgumentTypeError(f"expected TYPE=SOUS_TYPE[,SOUS_TYPE...], got {spec!r}")
-    return name.strip(), tuple(s.strip() for s in subtypes.split(",") if s.strip())
+    name, _, format_ = name.partition(":")
+    format_ = format_.strip().upper() or "PADES"
+    if not sep or not name.strip() or not subtypes.strip() or format_ not in ("PADES", PES_V2):
+        raise argparse.ArgumentTypeError(
+            f"expected TYPE[:PADES|PES_V2]=SOUS_TYPE[,SOUS_TYPE...], got {spec!r}")
+    return name.strip(), format_, tuple(s.strip() for s in subtypes.split(",") if s.strip())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -817,13 +891,14 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_SIGNER,
         help=f"signer's name, in the log and the certificate (default {DEFAULT_SIGNER})",
     )
-    defaults = " ".join(f"{k}={','.join(v)}" for k, v in DEFAULT_TYPES.items())
+    defaults = " ".join(f"{k}{':' + DEFAULT_FORMATS[k] if k in DEFAULT_FORMATS else ''}"
+                        f"={','.join(v)}" for k, v in DEFAULT_TYPES.items())
     parser.add_argument(
         "--type",
         dest="types",
         action="append",
         type=_type_argument,
-        metavar="TYPE=SOUS_TYPE[,SOUS_TYPE...]",
+        metavar="TYPE[:PES_V2]=SOUS_TYPE[,SOUS_TYPE...]",
         help=f"a type and its sous-types (repeatable; replaces {defaults})",
     )
     parser.add_argument("--login", help="require HTTP Basic auth on the web services")
@@ -841,7 +916,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     app = build_app(
-        types=dict(args.types) if args.types else None,
+        types={name: subs for name, _f, subs in args.types} if args.types else None,
+        formats={name: f for name, f, _s in args.types if f == PES_V2} if args.types else None,
         auto_sign_after=args.auto_sign_after,
         reject_ratio=args.reject_ratio,
         reject_annotation=args.reject_annotation,

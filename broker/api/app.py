@@ -136,7 +136,7 @@ async def submit(request: web.Request) -> web.Response:
             flow = rt.flows.get(fields.get("flow") or "")
             inspector = flow.inspectors.get(name) if flow is not None else None
             inspecting = (Inspecting(inspector, part.filename or name,
-                                     rt.settings.inspect_options())
+                                     rt.settings.platform_options())
                           if inspector is not None else None)
             try:
                 if inspecting is None:

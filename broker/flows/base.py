@@ -48,6 +48,9 @@ class Inspection:
     # Indexed fields read from it (a PES: NomFic, IdColl, bordereaux...).
     facts: Mapping[str, Any] = field(default_factory=dict)
     problems: Sequence[Problem] = ()
+    # What is let through but must be seen (journaled at intake): a signature accepted
+    # although its chain is not trusted here...
+    warnings: Sequence[str] = ()
 
 
 # Reads one uploaded file's bytes from a blocking stream (in a thread, as they arrive) and

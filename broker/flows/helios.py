@@ -12,12 +12,10 @@ same NomFic is refused, naming the first).
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.flows.base import (
@@ -30,12 +28,16 @@ from broker.flows.base import (
     UploadedFile,
 )
 from broker.retry import PollPolicy
-from connectors.helios.pes import MAX_PES_BYTES, check_pes
+from connectors.helios.pes import MAX_PES_BYTES, check_pes, dematerialisation_problem
+from connectors.helios.xades import trust_anchors
 
-# The DGFiP answers within hours, sometimes days; the TdT warns after 48 hours.
+# An ordonnateur may take weeks to sign; the DGFiP answers within hours, sometimes days
+# (the TdT warns after 48 hours).
+SIGNATURE_POLLS = PollPolicy(first=1.0, factor=1.5, max_interval=300.0, deadline=30 * 86400.0)
 ACQUIT_POLLS = PollPolicy(first=1.0, factor=1.5, max_interval=600.0, deadline=7 * 86400.0)
 SAE_POLLS = PollPolicy(first=1.0, factor=1.5, max_interval=1800.0, deadline=30 * 86400.0)
 PES = "pes"
+SIGNED_PES = "pes_signe"
 
 
 class HeliosMetadata(BaseModel):
@@ -43,35 +45,26 @@ class HeliosMetadata(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    signature: bool = Field(default=False, description=(
+        "have each bordereau signed (XAdES) in the parapheur before it goes; the PES then "
+        "says InfoDematerialisee 1 and carries no signature yet"))
     archive: bool = Field(default=False, description="archive the PES and its acquit (SAE)")
     callback_url: str | None = Field(
         default=None, max_length=2000,
         description="where to POST the outcome (under connectors.callback.allowed)")
 
 
-_anchors_lock = threading.Lock()
-_anchors: dict[tuple[Path, float], list[x509.Certificate]] = {}
-
-
-def trust_anchors(path: Path) -> list[x509.Certificate]:
-    """The CA bundle's certificates, read again when the file changes."""
-    key = (path, path.stat().st_mtime)
-    with _anchors_lock:
-        if key not in _anchors:
-            _anchors.clear()
-            _anchors[key] = x509.load_pem_x509_certificates(path.read_bytes())
-        return _anchors[key]
-
-
 def inspect_pes(stream: IO[bytes], name: str, options: Mapping[str, Any]) -> Inspection:
     """The DGFiP's rules on the PES as it streams in, and its indexed fields."""
     trust_file = options.get("xades_trust")
     trust = trust_anchors(Path(trust_file)) if trust_file else None
-    summary, problems = check_pes(stream, name, MAX_PES_BYTES, trust)
-    facts = {**summary.metadata(),
-             "signed": summary.signed_whole or any(b.signed for b in summary.bordereaux)}
+    # Whether the PES goes to the parapheur is the metadata's to say (the flow judges that).
+    summary, problems = check_pes(stream, name, MAX_PES_BYTES, trust, to_be_signed=None,
+                                  accept_untrusted=bool(options.get("xades_accept_untrusted")))
+    facts = {**summary.metadata(), "signed": summary.signed,
+             "dematerialised": summary.info_dematerialisee}
     return Inspection(facts, [Problem(f"files.{PES}", f"{p.field}: {p.message}")
-                              for p in problems])
+                              for p in problems], summary.warnings)
 
 
 def _facts(files: Sequence[UploadedFile]) -> Mapping[str, Any]:
@@ -81,7 +74,8 @@ def _facts(files: Sequence[UploadedFile]) -> Mapping[str, Any]:
 
 class HeliosFlow(Flow):
     def plan(self, metadata: Mapping[str, Any]) -> list[str]:
-        steps = ["transmit"]
+        steps = ["sign"] if metadata.get("signature") else []
+        steps.append("transmit")
         if metadata.get("archive"):
             steps.append("archive")
         steps.append("notify")
@@ -103,19 +97,30 @@ class HeliosFlow(Flow):
 
     def check_content(self, metadata: BaseModel, files: Sequence[UploadedFile],
                       intake: Intake) -> list[Problem]:
+        assert isinstance(metadata, HeliosMetadata)
         problems: list[Problem] = []
         for f in files:
             if f.role == PES and f.inspection is not None:
                 problems += f.inspection.problems
+                facts = f.inspection.facts
+                said = dematerialisation_problem(bool(facts.get("signed")),
+                                                 bool(facts.get("dematerialised")),
+                                                 metadata.signature)
+                if said:
+                    problems.append(Problem(f"files.{PES}", f"{f.name}: {said}"))
         return problems
 
 
 HELIOS = HeliosFlow(
     name="helios",
-    description="PES V2 to the DGFiP: TdT → PES_ACQUIT → [SAE] → finance software told",
+    description=("PES V2 to the DGFiP: [XAdES signature] → TdT → PES_ACQUIT → [SAE] → "
+                 "finance software told"),
     files={PES: FileRule(min=1, max=1, description="the PES_Aller (ISO-8859-1 XML)")},
     metadata_model=HeliosMetadata,
     steps=[
+        Step("sign", connector="parapheur", poll=SIGNATURE_POLLS, options={
+            "sign": [PES], "signed_as": SIGNED_PES, "bordereau_as": "bordereau_signature",
+            "format": "XAdES", "protocol": "HELIOS"}),
         Step("transmit", connector="tdt-helios", poll=ACQUIT_POLLS),
         Step("archive", connector="sae", poll=SAE_POLLS),
         Step("notify", connector="callback"),

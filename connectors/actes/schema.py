@@ -8,21 +8,14 @@ from pathlib import Path
 from lxml import etree
 
 from broker.xmlsafe import load_schema, schema_problems
+from connectors import schema_files
 from connectors.actes.xmlbind import ACTES_NS, INSEE_NS
 
 SCHEMA_FILE = "actes.xsd"
 
 
 def schema_dir() -> Path:
-    """``schemas/actes`` of the source tree, else of the working directory (installed copy)."""
-    candidates = [
-        Path(__file__).resolve().parents[2] / "schemas" / "actes",
-        Path.cwd() / "schemas" / "actes",
-    ]
-    for candidate in candidates:
-        if (candidate / SCHEMA_FILE).is_file():
-            return candidate
-    raise FileNotFoundError(f"no {SCHEMA_FILE} in " + ", ".join(str(c) for c in candidates))
+    return schema_files.schema_dir("actes", SCHEMA_FILE)
 
 
 @functools.cache

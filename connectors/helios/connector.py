@@ -1,5 +1,10 @@
 """The HELIOS ``transmit`` step: a PES deposited at the TdT, then its DGFiP acquit.
 
+A signed PES (by the parapheur: ``pes_signe``) is checked again before it goes
+(``connectors.helios.before_sending``: the rules, each signature against the platform's
+trust anchors, a signature report kept); one that does not hold is ``Rejected`` with every
+problem, and nothing is deposited.
+
 Nothing is deposited twice: the transaction id is saved (``tdt_helios_transaction``) the
 moment the TdT gives it, and an intent mark saved before the deposit makes any later run
 look the PES up by its SHA-1 first (``connectors.once``). Polls follow the TdT's HELIOS
@@ -34,6 +39,7 @@ from connectors.base import (
     settings_of,
 )
 from connectors.helios.acquit import Acquit, AcquitError, read_acquit
+from connectors.helios.before_sending import SIGNED_PES, refusal_before_sending
 from connectors.helios.retour import RetourError, read_retour
 from connectors.helios.tdt_client import (
     ANSWERED,
@@ -55,7 +61,7 @@ RETOUR_FLOW = "helios-retour"
 
 def pes_to_send(ctx: StepContext) -> FileView:
     """The signed PES when the parapheur signed it, else the PES as received."""
-    found = ctx.files_with_role("pes_signe") or ctx.files_with_role("pes")
+    found = ctx.files_with_role(SIGNED_PES) or ctx.files_with_role("pes")
     if len(found) != 1:
         raise PermanentError(f"document {ctx.document_id}: expected one file with role 'pes' "
                              f"(or 'pes_signe'), found {len(found)}")
@@ -97,6 +103,9 @@ class TdtHeliosConnector:
         client = HeliosClient(ctx.http, wire_settings(account, ctx.entity))
         transaction = ctx.refs.get(TRANSACTION_REF)
         if transaction is None:
+            refused = await refusal_before_sending(ctx, pes_to_send(ctx))
+            if refused is not None:
+                return refused
             transaction = await self._deposit(ctx, client)
             return Pending(account.poll_after, remote_ref=transaction,
                            note=f"TdT PES transaction {transaction}")

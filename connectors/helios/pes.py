@@ -3,8 +3,9 @@
 The file is read once, element by element (each cleared when done), so memory stays flat
 whatever its size; a PJ's base64 is decoded and inflated under a cap. Each problem names
 the file, the line and the element's path (``PES_DepenseAller/Bordereau[2]/BlocBordereau/
-MtBordHT``) and what was expected. The schema check runs beside these rules (see
-``connectors.helios.schema`` once it lands); these are what no schema says.
+MtBordHT``) and what was expected. The project's PES schema (``schemas/pes``) is
+checked in the same pass, by libxml2 as it parses; its problems start with ``schema:``,
+the others are the DGFiP's rules no schema says.
 """
 
 from __future__ import annotations
@@ -25,29 +26,35 @@ from lxml import etree
 
 from broker.flows.base import Problem
 from broker.ids import luhn_ok
-from broker.xmlsafe import XmlError, iter_elements
-from connectors.helios.xades import verify_bordereau
+from broker.xmlsafe import XmlError, XmlInvalid, iter_elements
+from connectors.helios.schema import Refusal, Watch, aller_schema, watching
+from connectors.helios.xades import Judged, Verdict, verify_bordereau
 
 PES_NS = "http://www.minefi.gouv.fr/cp/helios/pes_v2/Rev0/aller"
 DSIG = "http://www.w3.org/2000/09/xmldsig#"
+XADES = "http://uri.etsi.org/01903/v1.1.1#"
+_PREFIXES = {DSIG: "ds:", XADES: "xad:"}
 # The DGFiP takes PES in ISO-8859-1 only, declared at the very start.
 ENCODINGS = ("ISO-8859-1",)
 MAX_PES_BYTES = 128 * 1024 * 1024
 # What one PJ may inflate to (a gzip bomb stops here).
 MAX_PJ_BYTES = 64 * 1024 * 1024
 _DOMAINS = {"PES_DepenseAller": "depense", "PES_RecetteAller": "recette"}
-_RANKED = frozenset({"Bordereau", "Piece", "PJ"})
-# Elements found only inside a bordereau (its end closes them all).
-_IN_BORDEREAU = frozenset({"Exer", "IdBord", "NbrPce", "MtBordHT", "Piece", "Bordereau"})
-# The amount of each line of a pièce (mandat: InfoLignePce, titre: InfoLignePiece).
+# A file refused by its schema in every pièce would say so millions of times.
+MAX_SCHEMA_PROBLEMS = 50
+SCHEMA = "schema: "
+# Elements found only inside a bordereau (its end closes them all); the recette spells its
+# total MtBordHt.
+_IN_BORDEREAU = frozenset({"Exer", "IdBord", "NbrPce", "MtBordHT", "MtBordHt", "Bordereau"})
+# The amount of each line of a pièce (mandat: InfoLignePce, titre: InfoLignePiece), as
+# plain strings: one call per pièce, no element made.
 _LINE_AMOUNTS = etree.XPath("LigneDePiece/BlocLignePiece/*[self::InfoLignePce or "
-                            "self::InfoLignePiece]/MtHT")
-_SPACE = re.compile(rb"\s+")
+                            "self::InfoLignePiece]/MtHT/@V", smart_strings=False)
+_WHITESPACE = b" \t\r\n"
 _UNITS = frozenset({"Enveloppe", "EnTetePES", "Piece", "Bordereau", "PJ", "PES_DepenseAller",
                     "PES_RecetteAller", "PES_Facture", "PES_PJ"})
-# Fields whose base type (V_BaseAlphanum) forbids all-zero values; CodBud "00" is the
-# main budget and stays.
-_NO_BLANK = frozenset({"CodCol"})
+# Units whose own units are taken off one by one.
+_HOLDERS = frozenset({"Bordereau", "PES_DepenseAller", "PES_RecetteAller", "PES_PJ"})
 _FORMS = {
     "CodCol": (re.compile(r"[0-9A-Za-z]{3}"), "3 letters or digits"),
     "CodBud": (re.compile(r"[0-9A-Za-z]{2}"), "2 letters or digits"),
@@ -55,9 +62,15 @@ _FORMS = {
 }
 
 
-def _line_amounts(piece: etree._Element) -> list[etree._Element]:
+def _lines_total(piece: etree._Element) -> Decimal:
+    """What the lines of a pièce add up to (a line without an amount adds nothing: the
+    schema says it)."""
     found = _LINE_AMOUNTS(piece)
-    return [e for e in found if isinstance(e, etree._Element)] if isinstance(found, list) else []
+    values = [v.strip() for v in found if isinstance(v, str)] if isinstance(found, list) else []
+    try:
+        return sum(map(Decimal, values), Decimal(0))
+    except InvalidOperation:
+        return sum((_amount(v) or Decimal(0) for v in values), Decimal(0))
 
 
 @dataclass
@@ -72,9 +85,12 @@ class Bordereau:
     number: str | None = None
     declared_pieces: int | None = None
     declared_amount: Decimal | None = None
+    declared_as: str = "MtBordHT"
     pieces: int = 0
     amount: Decimal = Decimal(0)
     signed: bool = False
+    # Its signature's verdict, when trust anchors were given.
+    verdict: Verdict | None = None
 
 
 @dataclass
@@ -92,6 +108,12 @@ class PesSummary:
     pj_ids: list[str] = field(default_factory=list)
     signed_whole: bool = False
     info_dematerialisee: bool = False
+    # What was let through but must be seen (a signature accepted, its chain not trusted).
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def signed(self) -> bool:
+        return self.signed_whole or any(b.signed for b in self.bordereaux)
 
     @property
     def exercice(self) -> str | None:
@@ -112,13 +134,17 @@ class PesSummary:
 class _Reading:
     name: str
     trust: Sequence[x509.Certificate] | None = None
+    accept_untrusted: bool = False
     summary: PesSummary = field(default_factory=PesSummary)
     problems: list[Problem] = field(default_factory=list)
-    # Units (bordereaux, pièces, PJ) read whole so far in the current block / bordereau.
-    done: Counter[str] = field(default_factory=Counter)
+    # Units already taken off the tree, by parent and name: the ranks of those that follow.
+    gone: Counter[tuple[etree._Element, str]] = field(default_factory=Counter)
+    complete: bool = False
     pj_ids: set[str] = field(default_factory=set)
     pj_refs: list[tuple[str, int, str]] = field(default_factory=list)
-    bordereau_ids: dict[str, int] = field(default_factory=dict)
+    # Each Id seen: what carries it, on which line (xs:ID makes each unique; libxml2 does
+    # not check that while it streams).
+    ids: dict[str, tuple[str, int]] = field(default_factory=dict)
     id_counts: Counter[str] = field(default_factory=Counter)
     current: Bordereau | None = None
 
@@ -127,15 +153,30 @@ class _Reading:
         self.problems.append(Problem(at, f"{said}: {message}" if said else message))
 
     def where(self, element: etree._Element) -> str:
-        """The element's path below the root, units ranked: ``…/Bordereau[2]/Piece[3]``."""
+        """The element's path below the root, ranked: ``…/Bordereau[2]/Piece[3]``."""
         names = []
         for node in (element, *element.iterancestors()):
-            if node.getparent() is None:
+            parent = node.getparent()
+            if parent is None:
                 break
             tag = _local(node)
-            rank = self.done[tag] + 1 if tag in _RANKED else 1  # an open unit: the next one
-            names.append(f"{tag}[{rank}]" if rank > 1 else tag)
+            before = sum(1 for _ in node.itersiblings(node.tag, preceding=True))
+            rank = self.gone[(parent, tag)] + before + 1
+            prefix = "ds:" if etree.QName(node).namespace == DSIG else ""
+            names.append(f"{prefix}{tag}[{rank}]" if rank > 1 else prefix + tag)
         return "/".join(reversed(names))
+
+    def refused(self, refusal: Refusal) -> None:
+        """A schema problem, said as the rules' are: file:line, path, what was expected."""
+        element = refusal.element
+        line = _line(element) if element is not None else refusal.line
+        path = self.where(element) if element is not None else refusal.path
+        if element is not None and element.getparent() is None:
+            path = _local(element)
+        attribute = f"/@{refusal.attribute}" if refusal.attribute else ""
+        said = f"{path}{attribute}: " if path else ""
+        at = f"{self.name}:{line}" if line else self.name
+        self.problems.append(Problem(at, f"{SCHEMA}{said}{refusal.reason}"))
 
 
 class _Where:
@@ -165,60 +206,99 @@ def _local(element: etree._Element) -> str:
 
 def check_pes(source: Path | IO[bytes], name: str | None = None,
               max_bytes: int = MAX_PES_BYTES,
-              trust: Sequence[x509.Certificate] | None = None) -> tuple[PesSummary, list[Problem]]:
+              trust: Sequence[x509.Certificate] | None = None, *,
+              accept_untrusted: bool = False,
+              to_be_signed: bool | None = False) -> tuple[PesSummary, list[Problem]]:
     """Every problem of the PES in ``source`` (streamed once), and what it says.
 
     With ``trust`` (the platform's anchors), each signed bordereau's XAdES signature is
-    verified too, while the bordereau is still whole.
+    verified too, while the bordereau is still whole; with ``accept_untrusted``, one whose
+    chain is not trusted is a warning (``summary.warnings``) instead of a problem.
+    ``to_be_signed``: the PES goes to the parapheur before the DGFiP (its InfoDematerialisee
+    is judged as it will be once signed); None leaves that rule to the caller
+    (:func:`dematerialisation_problem`), who knows it later.
     """
     if isinstance(source, Path):
         with source.open("rb") as stream:
-            return check_pes(stream, name or source.name, max_bytes, trust)
-    reading = _Reading(name or "pes.xml", trust=trust)
+            return check_pes(stream, name or source.name, max_bytes, trust,
+                             accept_untrusted=accept_untrusted, to_be_signed=to_be_signed)
+    reading = _Reading(name or "pes.xml", trust=trust, accept_untrusted=accept_untrusted)
     head = source.read(64)
     if b'encoding="ISO-8859-1"' not in head[:50] and b"encoding='ISO-8859-1'" not in head[:50]:
         reading.say(1, "", "the XML declaration must say encoding=\"ISO-8859-1\" within the "
                     "first 50 bytes (the DGFiP reads nothing else)")
-    counting = _Latin1Check(source, head, reading)
-    try:
-        for event, element in _events(counting, max_bytes):
-            _on(reading, event, element)
-    except XmlError as exc:
-        reading.say(exc.line, "", exc.reason)
+    watch, unread = _read(reading, _Latin1Check(source, head, reading), max_bytes)
+    if unread is not None:
+        reading.say(unread.line, "", unread.reason)
         return reading.summary, reading.problems
-    _after(reading)
+    if not reading.complete:
+        # Validating, libxml2 words no fault of form once the schema refused something, nor
+        # a file cut between two elements: the root that never closed tells.
+        if watch.root is None or _local(watch.root) == "PES_Aller":  # else the schema said it
+            reading.say(None, "", "the XML is not well-formed or is cut short: the PES_Aller "
+                        "element is never closed")
+        return reading.summary, reading.problems
+    _after(reading, to_be_signed)
     return reading.summary, reading.problems
+
+
+def _read(r: _Reading, stream: _Latin1Check,
+          max_bytes: int) -> tuple[Watch, XmlError | None]:
+    """Streams the PES once, its schema checked as libxml2 parses and each watched element
+    judged; what stopped the reading, if anything did."""
+    schema, unread = aller_schema(), None
+    with watching(Watch(schema, r.refused, MAX_SCHEMA_PROBLEMS)) as watch:
+        try:
+            for event, element in _events(stream, max_bytes, schema):
+                if watch.root is None:
+                    watch.seen(element)
+                _on(r, event, element)
+        except XmlInvalid:
+            pass  # every schema problem is said already, where it is
+        except XmlError as exc:
+            unread = exc
+        watch.finish()
+    if watch.told_count > MAX_SCHEMA_PROBLEMS:
+        r.say(None, "", f"{SCHEMA}{watch.told_count - MAX_SCHEMA_PROBLEMS} more schema "
+              "problems not listed")
+    return watch, unread
 
 
 # Only these reach Python; the rest is built by libxml2 and freed with its unit.
 _WATCHED = ("NomFic", "IdColl", "CodCol", "CodBud", "IdPost", "DteStr", "InfoDematerialisee",
-            "Bordereau", "Exer", "IdBord", "NbrPce", "MtBordHT", "Piece", "Signature",
+            "Bordereau", "Exer", "IdBord", "NbrPce", "MtBordHT", "MtBordHt", "Piece", "Signature",
             "PJRef", "PJ", "PES_DepenseAller", "PES_RecetteAller", "PES_Facture", "PES_PJ",
-            "Enveloppe", "EnTetePES")
+            "Enveloppe", "EnTetePES", "PES_Aller")
 _WATCHED_TAGS = [f"{{*}}{t}" for t in _WATCHED]
 
 
-def _events(stream: _Latin1Check, max_bytes: int) -> Iterator[tuple[str, etree._Element]]:
+def _events(stream: _Latin1Check, max_bytes: int,
+            schema: etree.XMLSchema) -> Iterator[tuple[str, etree._Element]]:
     return iter(iter_elements(stream, tag=_WATCHED_TAGS,  # type: ignore[arg-type]
-                              max_bytes=max_bytes, encodings=ENCODINGS))
+                              max_bytes=max_bytes, encodings=ENCODINGS, schema=schema))
 
 
 def _on(r: _Reading, _event: str, element: etree._Element) -> None:
     tag = _local(element)
-    _end(r, tag, element, _line(element))
-    if tag in _RANKED:
-        r.done[tag] += 1
-        if tag == "Bordereau":
-            r.done["Piece"] = 0
-    elif tag in _DOMAINS or tag == "PES_PJ":  # the next block counts its units afresh
-        r.done["Bordereau"] = r.done["Piece"] = r.done["PJ"] = 0
+    if tag == "Piece":  # most events: the short way
+        _piece(r, element)
+    else:
+        _end(r, tag, element, _line(element))
     # A unit read whole goes: memory holds one pièce or one PJ at a time (one bordereau when
     # signatures are checked: a signature covers all its pièces).
     if tag in _UNITS and not (tag == "Piece" and r.trust is not None):
         parent = element.getparent()
         if parent is not None:
+            r.gone[(parent, tag)] += 1
+            if tag in _HOLDERS:  # its own units' ranks go with it
+                for key in [k for k in r.gone if k[0] is element]:
+                    del r.gone[key]
             element.clear()
             parent.remove(element)
+    elif tag == "PES_Aller":
+        r.complete = True
+        if ident := element.get("Id"):
+            _own_id(r, ident, "PES_Aller", _line(element), "PES_Aller")
 
 
 def _end(r: _Reading, tag: str, element: etree._Element, line: int | None) -> None:
@@ -238,6 +318,7 @@ def _end(r: _Reading, tag: str, element: etree._Element, line: int | None) -> No
     elif tag == "InfoDematerialisee":
         s.info_dematerialisee = s.info_dematerialisee or _v(element) == "1"
     elif tag == "Signature" and etree.QName(element).namespace == DSIG:
+        _signature_ids(r, element)
         if parent == "Bordereau":
             if r.current is None:
                 r.current = Bordereau("", 0, "", None)
@@ -265,9 +346,6 @@ def _header_value(r: _Reading, tag: str, value: str, where: _Where,
         pattern, rule = _FORMS[tag]
         if not pattern.fullmatch(value):
             r.say(line, where, f"{tag} {value!r}: expected {rule}")
-        elif tag in _NO_BLANK and (set(value) == {"0"} or value.lower() == "nc"):
-            r.say(line, where, f"{tag} {value!r}: an all-zero or 'nc' value is refused (the "
-                  "schema's base type forbids it)")
 
 
 def _in_bordereau(r: _Reading, b: Bordereau, tag: str, parent: str, element: etree._Element,
@@ -279,13 +357,8 @@ def _in_bordereau(r: _Reading, b: Bordereau, tag: str, parent: str, element: etr
             b.number = _v(element)
         elif tag == "NbrPce":
             b.declared_pieces = _int(_v(element))
-        elif tag == "MtBordHT":
-            b.declared_amount = _amount(r, element, where, line)
-    elif tag == "Piece" and parent == "Bordereau":
-        b.pieces += 1
-        # The lines' amounts in one XPath call: a PES has millions of lines.
-        for amount in _line_amounts(element):
-            b.amount += _amount(r, amount, where, line) or Decimal(0)
+        elif tag in ("MtBordHT", "MtBordHt"):
+            b.declared_amount, b.declared_as = _amount(_v(element)), tag
     elif tag == "Bordereau":
         b.domain = _DOMAINS.get(parent, parent)
         b.line, b.path, b.id = line or 0, str(where), element.get("Id")
@@ -293,29 +366,56 @@ def _in_bordereau(r: _Reading, b: Bordereau, tag: str, parent: str, element: etr
         if b.signed and r.trust is not None:
             # An Id two bordereaux carry makes the signature's reference ambiguous.
             ids = {b.id: r.id_counts[b.id]} if b.id else None
-            verdict = verify_bordereau(element, r.trust, ids_in_document=ids)
-            if not verdict.ok:
-                r.say(b.line, f"{b.path}/ds:Signature", f"{verdict.judged}: {verdict.reason}")
+            b.verdict = verdict = verify_bordereau(element, r.trust, ids_in_document=ids)
+            said = f"{verdict.judged}: {verdict.reason}"
+            if verdict.judged is Judged.UNTRUSTED and r.accept_untrusted:
+                r.summary.warnings.append(f"{r.name}:{b.line}: {b.path}/ds:Signature: {said} "
+                                          "(accepted: the platform accepts untrusted chains)")
+            elif not verdict.ok:
+                r.say(b.line, f"{b.path}/ds:Signature", said)
         r.current = None
+
+
+def _piece(r: _Reading, element: etree._Element) -> None:
+    if r.current is None:  # no BlocBordereau before it (the schema says so): counted anyway
+        r.current = Bordereau("", 0, "", None)
+    r.current.pieces += 1
+    # The lines' amounts in one XPath call: a PES has millions of lines.
+    r.current.amount += _lines_total(element)
 
 
 def _bordereau_done(r: _Reading, b: Bordereau) -> None:
     r.summary.bordereaux.append(b)
-    if b.id:
-        r.id_counts[b.id] += 1
     if not b.id:
         r.say(b.line, b.path, "a bordereau needs an Id (the signature points at it)")
-    elif b.id in r.bordereau_ids:
-        r.say(b.line, b.path, f"Id {b.id!r} is already the Id of the bordereau at line "
-              f"{r.bordereau_ids[b.id]}: each bordereau has its own")
     else:
-        r.bordereau_ids[b.id] = b.line
+        _own_id(r, b.id, "bordereau", b.line, b.path)
     if b.declared_pieces is not None and b.declared_pieces != b.pieces:
         r.say(b.line, f"{b.path}/BlocBordereau/NbrPce",
               f"says {b.declared_pieces} pièce(s), the bordereau holds {b.pieces}")
     if b.declared_amount is not None and b.declared_amount != b.amount:
-        r.say(b.line, f"{b.path}/BlocBordereau/MtBordHT",
+        r.say(b.line, f"{b.path}/BlocBordereau/{b.declared_as}",
               f"says {b.declared_amount}, the lines of its pièces add up to {b.amount}")
+
+
+def _own_id(r: _Reading, ident: str, what: str, line: int | None, where: object) -> None:
+    """An Id is carried once in a PES: a signature's reference must find one element."""
+    r.id_counts[ident] += 1
+    if ident in r.ids:
+        first, at = r.ids[ident]
+        r.say(line, where, f"Id {ident!r} is already the Id of the {first} at line {at}: an "
+              "Id is carried once in a PES (signatures point at it)")
+    else:
+        r.ids[ident] = (what, line or 0)
+
+
+def _signature_ids(r: _Reading, signature: etree._Element) -> None:
+    for node in signature.iter():
+        ident = node.get("Id")
+        if ident and isinstance(node.tag, str):
+            name = etree.QName(node)
+            what = f"{_PREFIXES.get(name.namespace or '', '')}{name.localname}"
+            _own_id(r, ident, what, _line(node), _Where(r, node))
 
 
 def _pj(r: _Reading, element: etree._Element, where: _Where, line: int | None) -> None:
@@ -330,11 +430,9 @@ def _pj(r: _Reading, element: etree._Element, where: _Where, line: int | None) -
     what = f"{where}/Contenu/Fichier"
     try:
         text = (content.text or "").encode("ascii")
-        packed = base64.b64decode(_SPACE.sub(b"", text) if _SPACE.search(text) else text,
-                                  validate=True)
+        packed = base64.b64decode(text.translate(None, _WHITESPACE), validate=True)
     except (binascii.Error, UnicodeEncodeError):
-        r.say(_line(content) or line, what, "not base64 (a PJ is gzip, then base64)")
-        return
+        return  # the schema says it is not base64, where it is
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         size = len(inflater.decompress(packed, MAX_PJ_BYTES + 1))
@@ -348,36 +446,45 @@ def _pj(r: _Reading, element: etree._Element, where: _Where, line: int | None) -
         r.say(_line(content) or line, what, "the gzip data is cut short")
 
 
-def _after(r: _Reading) -> None:
+def dematerialisation_problem(signed: bool, dematerialised: bool,
+                              to_be_signed: bool) -> str | None:
+    """The DGFiP's InfoDematerialisee rule: 1 only on a signed flow, and a signed flow says 1
+    (``to_be_signed``: judged as the PES will be once the parapheur has signed it)."""
+    if to_be_signed and signed:
+        return ("the PES is signed already: send it unsigned to have it signed, or without "
+                "asking for a signature")
+    signed = signed or to_be_signed
+    if dematerialised and not signed:
+        return "InfoDematerialisee: 1 (dematerialised) needs a signed flow; this one has no " \
+               "signature"
+    if signed and not dematerialised:
+        return ("InfoDematerialisee: a signed flow must say 1 (dematerialised); it says 0 or "
+                "nothing" + (" (a PES sent for signature says 1 already)" if to_be_signed
+                             else ""))
+    return None
+
+
+def _after(r: _Reading, to_be_signed: bool | None) -> None:
     s = r.summary
-    if s.nom_fic is None:
-        r.say(None, "Enveloppe/Parametres", "NomFic is missing: the DGFiP matches its acquit by it")
     if not s.bordereaux and not s.pj:
         r.say(None, "", "an empty PES: it holds no bordereau and no PJ")
     for ident, line, where in r.pj_refs:
         if ident not in r.pj_ids:
             r.say(line, where, f"PJRef {ident!r} points at no PJ of this flow's PES_PJ")
-    signed = s.signed_whole or any(b.signed for b in s.bordereaux)
-    if s.info_dematerialisee and not signed:
-        r.say(None, "InfoDematerialisee", "1 (dematerialised) needs a signed flow; this one "
-              "has no signature")
-    elif signed and not s.info_dematerialisee:
-        r.say(None, "InfoDematerialisee", "a signed flow must say 1 (dematerialised); it says "
-              "0 or nothing")
+    if to_be_signed is not None and (said := dematerialisation_problem(
+            s.signed, s.info_dematerialisee, to_be_signed)):
+        r.say(None, "", said)
 
 
 def _int(value: str) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _amount(r: _Reading, element: etree._Element, where: _Where,
-            line: int | None) -> Decimal | None:
-    value = _v(element)
+def _amount(value: str) -> Decimal | None:
+    """The amount ``value`` says; None when it is none (the schema says so, where it is)."""
     try:
         return Decimal(value)
     except InvalidOperation:
-        at = _Where(r, element) if element.tag == "MtHT" else where
-        r.say(_line(element) or line, at, f"{value!r} is not an amount")
         return None
 
 

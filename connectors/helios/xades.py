@@ -14,9 +14,11 @@ import base64
 import copy
 import datetime as dt
 import hashlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature as CryptoInvalidSignature
@@ -56,6 +58,20 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return self.judged is Judged.VALID
+
+
+_anchors_lock = threading.Lock()
+_anchors: dict[tuple[Path, float], list[x509.Certificate]] = {}
+
+
+def trust_anchors(path: Path) -> list[x509.Certificate]:
+    """The platform's CA bundle (PEM), read again when the file changes."""
+    key = (path, path.stat().st_mtime)
+    with _anchors_lock:
+        if key not in _anchors:
+            _anchors.clear()
+            _anchors[key] = x509.load_pem_x509_certificates(path.read_bytes())
+        return _anchors[key]
 
 
 def _find(element: etree._Element, path: str) -> etree._Element | None:
@@ -144,8 +160,14 @@ def _core(bordereau: etree._Element, cert: x509.Certificate, references: int,
 
 def _qualifying(signed: etree._Element, cert: x509.Certificate, signer: str,
                 when: dt.datetime, anchors: Sequence[x509.Certificate]) -> Verdict:
-    digest_method = _find(signed, "xad:SigningCertificate/xad:Cert/xad:CertDigest/ds:DigestMethod")
-    digest_value = _text(signed, "xad:SigningCertificate/xad:Cert/xad:CertDigest/ds:DigestValue")
+    # XAdES 1.1.1 puts them in its own namespace; some producers write the ds: ones.
+    digest = "xad:SigningCertificate/xad:Cert/xad:CertDigest/"
+    digest_method = _find(signed, digest + "xad:DigestMethod")
+    if digest_method is None:  # (an element without children is falsy: no ``or`` here)
+        digest_method = _find(signed, digest + "ds:DigestMethod")
+    digest_value = _text(signed, digest + "xad:DigestValue")
+    if digest_value is None:
+        digest_value = _text(signed, digest + "ds:DigestValue")
     algorithm = _DIGESTS.get(digest_method.get("Algorithm", "") if digest_method is not None
                              else "")
     if algorithm is None or digest_value is None:

@@ -14,10 +14,15 @@ Runs and polls of one step follow the dossier through its life:
 
 Re-runs after a crash at any point find what was saved (refs, files) and end
 the same way without sending anything twice.
+
+Under protocol HELIOS (a PES, type PES_V2) the dossier also carries what the parapheur
+signs by (``XPathPourSignatureXML``) and a ``VisuelPDF`` summary for the signer
+(``connectors.helios.signing``); the signed PES comes back in ``FichierPES``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Mapping
@@ -39,6 +44,7 @@ from connectors.base import (
     secret_of,
     settings_of,
 )
+from connectors.helios.signing import CannotSign, signature_xpath, visuel_pdf
 from connectors.parapheur.client import ParapheurClient
 from connectors.parapheur.settings import ParapheurSettings, SignOptions
 from connectors.parapheur.soap import (
@@ -115,25 +121,28 @@ class ParapheurConnector:
     settings_key = "parapheur"
     settings = ParapheurSettings
     options = SignOptions
-    serves = frozenset({("actes", "sign")})
+    serves = frozenset({("actes", "sign"), ("helios", "sign")})
 
     async def check(self, config: Mapping[str, Any], entity: str,
                     http: aiohttp.ClientSession) -> str:
-        """The circuit the settings name exists: GetListeTypes, then GetListeSousTypes."""
+        """The circuits the settings name exist: GetListeTypes, then GetListeSousTypes."""
         settings = parapheur_settings(config, entity)
         client = ParapheurClient(http, settings.url, settings.login,
                                  secret_of(settings, "password", entity, "parapheur"),
                                  settings.timeout)
         types = await client.get_liste_types()
-        if settings.type not in types:
-            raise PermanentError(f"the parapheur has no type {settings.type!r} "
-                                 f"(types: {', '.join(types) or 'none'})")
-        sous_types = await client.get_liste_sous_types(settings.type)
-        if settings.sous_type not in sous_types:
-            raise PermanentError(f"type {settings.type!r} has no sous-type "
-                                 f"{settings.sous_type!r} (sous-types: "
-                                 f"{', '.join(sous_types) or 'none'})")
-        return f"type {settings.type!r} and sous-type {settings.sous_type!r} found"
+        found = []
+        for circuit in settings.all_circuits():
+            if circuit.type not in types:
+                raise PermanentError(f"the parapheur has no type {circuit.type!r} "
+                                     f"(types: {', '.join(types) or 'none'})")
+            sous_types = await client.get_liste_sous_types(circuit.type)
+            if circuit.sous_type not in sous_types:
+                raise PermanentError(f"type {circuit.type!r} has no sous-type "
+                                     f"{circuit.sous_type!r} (sous-types: "
+                                     f"{', '.join(sous_types) or 'none'})")
+            found.append(f"type {circuit.type!r} and sous-type {circuit.sous_type!r}")
+        return " found; ".join(found) + " found"
 
     def __init__(self, today: Callable[[], date] = date.today) -> None:
         self._today = today
@@ -174,10 +183,12 @@ class ParapheurConnector:
     ) -> Outcome:
         source = document_to_sign(ctx)
         date_limite = self._today() + timedelta(days=settings.deadline_days)
+        xpath, visuel = await _xml_signature(ctx, source)
+        circuit = settings.circuit(ctx.flow)
         new = NewDossier(
             dossier_id=dossier_id,
-            type_technique=settings.type_technique,
-            sous_type=settings.sous_type,
+            type_technique=circuit.type,
+            sous_type=circuit.sous_type,
             document=Attachment(source.path, source.content_type, source.name),
             visibilite=settings.visibilite,
             date_limite=date_limite,
@@ -188,6 +199,8 @@ class ParapheurConnector:
             metadata=_metadata(ctx, settings),
             email_emetteur=settings.email_emetteur,
             annotation_publique=_objet(ctx),
+            visuel_pdf=visuel,
+            xpath=xpath,
         )
         try:
             created = await ctx.call(lambda: client.creer_dossier(new))
@@ -202,7 +215,7 @@ class ParapheurConnector:
         return Pending(
             poll_after=settings.poll_interval,
             remote_ref=created,
-            note=f"dossier {created} created in {settings.type_technique}/{settings.sous_type}",
+            note=f"dossier {created} created in {circuit.type}/{circuit.sous_type}",
         )
 
     async def _follow(
@@ -257,8 +270,10 @@ async def _finish_signed(
             f"parapheur GetDossier: dossier {dossier_id} is finished but carries no DocPrincipal"
         )
     stem = _stem(ctx)
-    signed = dossier.doc_principal
     roles = sign_options(ctx)
+    # A PES comes back signed in FichierPES (some versions put it in DocPrincipal).
+    signed = (dossier.fichier_pes if roles.protocol == "HELIOS" else None) or \
+        dossier.doc_principal
     # Stored before anything is deleted on the parapheur: the signature is not kept twice.
     signed_name = await _store(
         ctx, roles.signed_as, f"{stem}-signe{_suffix(signed.content_type, '.pdf')}", signed
@@ -332,6 +347,20 @@ def _rejected(rejection: Mapping[str, Any]) -> Rejected:
         f"{rejection.get('by') or '?'} without annotation"
     )
     return Rejected(reason=reason, metadata={"parapheur": dict(rejection)})
+
+
+async def _xml_signature(ctx: StepContext,
+                         source: FileView) -> tuple[str | None, Attachment | None]:
+    """Protocol HELIOS: the XPath the PES is signed by, and the summary the signer reads."""
+    if sign_options(ctx).protocol != "HELIOS":
+        return None, None
+    try:
+        xpath = await asyncio.to_thread(signature_xpath, source.path)
+    except CannotSign as exc:
+        raise PermanentError(f"{source.name} cannot be signed: {exc}") from exc
+    path = ctx.scratch("visuel.pdf")
+    await asyncio.to_thread(path.write_bytes, visuel_pdf(ctx.metadata))
+    return xpath, Attachment(path, "application/pdf", f"{PurePath(source.name).stem}.pdf")
 
 
 def _objet(ctx: StepContext) -> str | None:

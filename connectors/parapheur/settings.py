@@ -13,8 +13,18 @@ DEFAULT_DEADLINE_DAYS = 30
 DEFAULT_POLL_INTERVAL = 600.0  # Pastell checks every 10 minutes
 
 
+class Circuit(BaseModel):
+    """A TypeTechnique and SousType of the parapheur: the circuit a dossier goes through."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str = Field(min_length=1)
+    sous_type: str = Field(min_length=1)
+
+
 class ParapheurSettings(ConnectorSettings):
-    """``type`` and ``sous_type`` pick the circuit (TypeTechnique/SousType)."""
+    """``type`` and ``sous_type`` pick the circuit (TypeTechnique/SousType); ``circuits``
+    gives a flow its own (HELIOS: a PES_V2 type such as ``PES``/``Bordereau``)."""
 
     SECRETS: ClassVar[tuple[str, ...]] = ("password",)
 
@@ -32,6 +42,8 @@ class ParapheurSettings(ConnectorSettings):
     email_emetteur: str | None = None
     # i-Parapheur metadata name -> key of the document's metadata.
     metadata: dict[str, str] | None = None
+    # Flow name -> its circuit, where it is not ``type``/``sous_type``.
+    circuits: dict[str, Circuit] = Field(default_factory=dict)
 
     @field_validator("type", "sous_type")
     @classmethod
@@ -49,12 +61,19 @@ class ParapheurSettings(ConnectorSettings):
     def type_technique(self) -> str:
         return self.type
 
+    def circuit(self, flow: str) -> Circuit:
+        return self.circuits.get(flow) or Circuit(type=self.type, sous_type=self.sous_type)
+
+    def all_circuits(self) -> list[Circuit]:
+        return [self.circuit(""), *self.circuits.values()]
+
 
 class SignOptions(BaseModel):
     """What a flow's signature step sends and what it keeps (``Step.options``).
 
     ACTES: the act (``acte``) with its annexes, the signed PDF kept as ``acte_signe``
-    (PAdES). A PES would send its file for an XAdES signature of its bordereaux.
+    (PAdES). HELIOS: the PES (``pes``) under protocol HELIOS, signed XAdES enveloped per
+    bordereau, the signed PES kept as ``pes_signe``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -68,6 +87,9 @@ class SignOptions(BaseModel):
     bordereau_as: str = "bordereau_signature"
     signature_as: str = "signature"  # a detached signature (CAdES, PKCS7 types)
     format: Literal["PAdES", "XAdES", "CAdES"] = "PAdES"
+    # The parapheur type's protocol: HELIOS sends XPathPourSignatureXML and a VisuelPDF,
+    # and takes the signed PES from FichierPES.
+    protocol: Literal["NONE", "HELIOS"] = "NONE"
 
     @field_validator("sign")
     @classmethod

@@ -178,6 +178,8 @@ class NewDossier:
     annotation_publique: str | None = None
     annotation_privee: str | None = None
     visuel_pdf: Attachment | None = None
+    # XML documents: what is signed (``//Bordereau``, ``.``); nil for the others.
+    xpath: str | None = None
 
 
 @dataclass(frozen=True)
@@ -352,7 +354,10 @@ def creer_dossier_request(new: NewDossier) -> StreamedBody:
             meta = _element(metadata, "MetaDonnee")
             _element(meta, "nom", name)
             _element(meta, "valeur", value)
-    _nil(el, "XPathPourSignatureXML")
+    if new.xpath is None:
+        _nil(el, "XPathPourSignatureXML")
+    else:
+        _element(el, "XPathPourSignatureXML", new.xpath)
     _nil(el, "MetaDataTdtACTES")
     _optional_nillable(el, "AnnotationPublique", new.annotation_publique)
     _optional_nillable(el, "AnnotationPrivee", new.annotation_privee)

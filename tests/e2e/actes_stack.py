@@ -73,13 +73,15 @@ class Peers:
     def all(self) -> list[Proc]:
         return [self.parapheur.proc, self.tdt.proc, self.sae.proc]
 
-    def connectors(self) -> dict[str, dict[str, str]]:
+    def connectors(self) -> dict[str, dict[str, Any]]:
         """The entity's connector configuration on these simulators."""
         return {
             "parapheur": {
                 "url": f"{self.parapheur.url}/ws-iparapheur-no-mtom",
                 "type": "ACTES",
                 "sous_type": "Deliberation",
+                # PES go through the simulator's PES_V2 type (XAdES per bordereau).
+                "circuits": {"helios": {"type": "PES", "sous_type": "Bordereau"}},
             },
             "tdt": {
                 "url": self.tdt.url,
@@ -176,14 +178,24 @@ def _toml(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _table(name: str, settings: Mapping[str, Any]) -> list[str]:
+    """A TOML table of strings; a mapping value is a sub-table."""
+    lines = [f"[{name}]"]
+    lines += [f"{key} = {_toml(value)}" for key, value in settings.items()
+              if not isinstance(value, Mapping)]
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            lines += _table(f"{name}.{key}", value)
+    return lines
+
+
 def write_config(
-    path: Path, peers: Peers, extra: Mapping[str, Mapping[str, str]] | None = None
+    path: Path, peers: Peers, extra: Mapping[str, Mapping[str, Any]] | None = None
 ) -> Path:
     """The TOML declaring the entity and its connectors on ``peers`` (and ``extra`` ones)."""
     lines = [f"[entities.{ENTITY}]", 'name = "Commune de Test"']
     for name, settings in {**peers.connectors(), **(extra or {})}.items():
-        lines.append(f"[entities.{ENTITY}.connectors.{name}]")
-        lines += [f"{key} = {_toml(value)}" for key, value in settings.items()]
+        lines += _table(f"entities.{ENTITY}.connectors.{name}", settings)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

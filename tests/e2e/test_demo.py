@@ -26,7 +26,7 @@ async def test_the_demo_runs_with_its_options_and_leaves_nothing_behind(tmp_path
     said: dict[str, str] = {}
     try:
         async with asyncio.timeout(90):
-            while "DOCUMENTS" not in said:
+            while "WATCH" not in said:  # the last line it prints
                 line = (await proc.stdout.readline()).decode()
                 assert line, f"the demo stopped early; it said {said}"
                 key, sep, value = line.strip().partition("=")
@@ -35,7 +35,9 @@ async def test_the_demo_runs_with_its_options_and_leaves_nothing_behind(tmp_path
         assert Path(said["DATA_DIR"]) == data_dir.resolve()
         assert (data_dir / "demat.db").is_file()
         ids = said["DOCUMENTS"].split(",")
-        assert len(ids) == 4  # two acts, two deliveries
+        assert len(ids) == 5  # two acts, two deliveries, a PES
+        assert said["HELIOS_DOCUMENT"] == ids[-1]
+        assert said["WATCH"] == f"{said['API_URL']}/api/v1/documents/{ids[-1]}/journal"
         headers = {"Authorization": f"Bearer {said['TOKEN']}"}
         deadline = time.monotonic() + 60
         async with aiohttp.ClientSession(headers=headers) as http:
@@ -47,7 +49,13 @@ async def test_the_demo_runs_with_its_options_and_leaves_nothing_behind(tmp_path
                 if all(s == "completed" for s in states) or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.5)
-        assert states == ["completed"] * 4, states
+        assert states == ["completed"] * 5, states
+        # The PES went through the parapheur: its signed copy and the acquit are kept.
+        async with aiohttp.ClientSession(headers=headers) as http, http.get(
+                f"{said['API_URL']}/api/v1/documents/{ids[-1]}") as r:
+            pes_doc = await r.json()
+        roles = {f["role"] for f in pes_doc["files"]}
+        assert {"pes", "pes_signe", "bordereau_signature", "acquit", "atr"} <= roles, roles
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)

@@ -1,12 +1,13 @@
 """``helios`` end to end: PES deposited at the TdT, acquitted or refused by the DGFiP behind
 it, archived, and the finance software told through its webhook.
 
-Two slow runs of 50 PES each (several bordereaux, some with a PJ, some archived, some the
-DGFiP refuses for an unknown IdPost), with the TdT, As@lae and the finance software's
-webhook as real processes, while the TdT fails 10% of calls and a broker process is
-SIGKILLed mid-run: on embedded + SQLite (``demat serve``) and on RabbitMQ + PostgreSQL
-(``demat api``, ``demat relay``, two ``demat worker``). Every PES ends as the DGFiP
-decided, none is deposited twice, and each outcome reaches the webhook once, signed.
+Two slow runs of 50 PES each (several bordereaux, some with a PJ, some signed bordereau by
+bordereau in the parapheur, some archived, some the DGFiP refuses for an unknown IdPost),
+with the parapheur, the TdT, As@lae and the finance software's webhook as real processes,
+while the TdT fails 10% of calls and a broker process is SIGKILLed mid-run: on embedded +
+SQLite (``demat serve``) and on RabbitMQ + PostgreSQL (``demat api``, ``demat relay``, two
+``demat worker``). Every PES ends as the DGFiP decided, none is deposited twice, and each
+outcome reaches the webhook once, signed.
 """
 
 from __future__ import annotations
@@ -81,9 +82,17 @@ def refused(n: int) -> bool:
     return n % 7 == 0
 
 
+def signed(n: int) -> bool:
+    """Every fourth PES is signed in the parapheur (XAdES per bordereau) before it goes."""
+    return n % 4 == 2
+
+
 def pes_of(n: int) -> bytes:
-    return sample_pes(nom_fic(n), bordereaux=1 + n % 3, pieces=2, pjs=n % 2,
+    data = sample_pes(nom_fic(n), bordereaux=1 + n % 3, pieces=2, pjs=n % 2,
                       first_number=n * 10, id_post=UNKNOWN_POST if refused(n) else "086016")
+    # Sent for signature, a PES already says it is dematerialised (InfoDematerialisee 1).
+    return data.replace(b'<IdVer V="2"/>', b'<IdVer V="2"/><InfoDematerialisee V="1"/>', 1) \
+        if signed(n) else data
 
 
 def archived(n: int) -> bool:
@@ -97,6 +106,11 @@ class Stack:
     gf: Proc
     gf_url: str
     env: dict[str, str]
+
+
+def trusting(peers: Peers) -> dict[str, str]:
+    """The platform trusts the parapheur's CA for the PES it signs."""
+    return {"DEMAT_XADES_TRUST": peers.parapheur.info("CA_PEM")}
 
 
 def config_of(tmp_path: Path, peers: Peers, gf_url: str) -> Path:
@@ -120,7 +134,8 @@ async def submit_until_accepted(api: Api, n: int, intake: Intake, deadline: floa
         try:
             status, body = await api.submit(
                 ENTITY, [("pes", f"{nom_fic(n)}.xml", pes_of(n))],
-                {"archive": archived(n)}, flow="helios", key=f"e2e-{nom_fic(n)}")
+                {"archive": archived(n), "signature": signed(n)}, flow="helios",
+                key=f"e2e-{nom_fic(n)}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             intake.tries_failed += 1
             last = exc
@@ -175,6 +190,10 @@ async def check_run(stack: Stack, intake: Intake, variant: str, kills: int,
             assert codes == {"ERREUR_CODIQUE"}, doc["metadata"]["errors"]
             assert "ERREUR_CODIQUE" in doc["last_error"]
         assert any(f["role"] == "atr" for f in doc["files"]) is archived(n), doc["files"]
+        roles = [f["role"] for f in doc["files"]]
+        # Signed: the signed PES, the parapheur's bordereau and the broker's signature report.
+        assert (roles.count("pes_signe"), roles.count("bordereau_signature"),
+                roles.count("rapport_signature")) == ((1, 1, 1) if signed(n) else (0, 0, 0)), roles
     await peers.tdt_faults([])
     tdt = await peers.tdt_stats()
     assert tdt["deposits"] == PES_COUNT and tdt["duplicates"] == 0, tdt
@@ -191,11 +210,15 @@ async def check_run(stack: Stack, intake: Intake, variant: str, kills: int,
         said = told[f"{doc_id}:notify:{'rejected' if refused(n) else 'completed'}"]
         assert said["nom_fic"] == nom_fic(n) and said["links"]["acquit"].startswith(
             f"/api/v1/documents/{doc_id}/files/")
+    parapheur = await sim_stats(peers.parapheur.url)
+    assert parapheur["signed"] == parapheur["created"] == sum(signed(n) for n in ids), parapheur
+    assert parapheur["duplicates"] == 0, parapheur
     sae = await sim_stats(peers.sae.url)
     assert sae["accepted"] == sum(archived(n) for n in ids) and sae["duplicates"] == 0, sae
     assert "journal OK" in run_cli(stack.env, "journal", "verify")
-    return (f"helios e2e {variant}: {PES_COUNT} PES ({sum(refused(n) for n in ids)} refused by "
-            f"the DGFiP, {sum(archived(n) for n in ids)} archived), kills={kills}, TdT "
+    return (f"helios e2e {variant}: {PES_COUNT} PES ({sum(signed(n) for n in ids)} signed in "
+            f"the parapheur, {sum(refused(n) for n in ids)} refused by the DGFiP, "
+            f"{sum(archived(n) for n in ids)} archived), kills={kills}, TdT "
             f"faults={tdt['faults']} (lost deposit answers={tdt['faults_reset']}), "
             f"deposits={tdt['deposits']}, duplicates={tdt['duplicates']}, callbacks="
             f"{gf['callbacks']} (redelivered={gf['callback_duplicates']}), submission tries "
@@ -232,7 +255,7 @@ async def test_50_pes_on_embedded_and_sqlite_with_serve_killed(tmp_path: Path) -
         data_dir = tmp_path / "data"
         data_dir.mkdir()
         env = demat_env(data_dir, DEMAT_CONFIG=str(config_of(tmp_path, peers, gf_url)),
-                        DEMAT_PORT=str(port), **SHORT_SETTINGS)
+                        DEMAT_PORT=str(port), **SHORT_SETTINGS, **trusting(peers))
         token = await prepare_store(Settings(data_dir=data_dir).db_url)
         procs: list[Proc] = []
         log = tmp_path / "serve.log"
@@ -283,7 +306,7 @@ async def test_50_pes_on_rabbitmq_and_postgresql_with_a_worker_killed(
     async with peers_and_gf(tmp_path) as (peers, gf, gf_url):
         env = demat_env(tmp_path / "data", DEMAT_CONFIG=str(config_of(tmp_path, peers, gf_url)),
                         DEMAT_AMQP_URL=amqp_vhost, DEMAT_DATABASE_URL=pg_url, DEMAT_PORT="0",
-                        **SHORT_SETTINGS)
+                        **SHORT_SETTINGS, **trusting(peers))
         procs: list[Proc] = []
         pg = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
         workers = WorkerPool(env, tmp_path, pg, procs)

@@ -5,7 +5,9 @@ one answered 422 with each problem located and nothing stored; and the same verd
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from broker.settings import Settings
 from broker.wiring import catalog
 from simulators.pes_samples import bordereau, pes, piece, pj, sample_pes
 from tests.api_client import served
+from tests.pes_corpus import BAD, OK_BORDEREAU
 
 ENTITY = "214000150"
 
@@ -56,15 +59,20 @@ class Api:
         return await resp.json()
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    settings = Settings(data_dir=tmp_path / "data")
-    rt = await Runtime.open(settings, catalog())
+@contextlib.asynccontextmanager
+async def api_on(tmp_path: Path, **settings: Any) -> AsyncIterator[Api]:
+    rt = await Runtime.open(Settings(data_dir=tmp_path / "data", **settings), catalog())
     async with rt.db.begin() as conn:
         await accounts.upsert_entity(conn, ENTITY, "Commune A", {}, catalog().settings)
         token = await accounts.create_token(conn, accounts.OPERATOR)
     async with served(rt) as client:
         yield Api(client, rt, token)
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    async with api_on(tmp_path) as made:
+        yield made
 
 
 async def nothing_stored(api: Api) -> None:
@@ -103,84 +111,8 @@ async def test_a_nomfic_taken_for_its_codcol_is_refused_naming_the_first(api: Ap
     assert status == 201
 
 
-def _gz64(data: bytes) -> str:
-    return base64.b64encode(gzip.compress(data)).decode()
-
-
-OK_BORDEREAU = bordereau(piece("55.22"))
-DECL = '<?xml version="1.0" encoding="ISO-8859-1"?>'
-
-
-def _with(old: bytes, new: bytes, data: bytes | None = None) -> bytes:
-    source = data if data is not None else pes(OK_BORDEREAU)
-    assert old in source, old
-    return source.replace(old, new, 1)
-
-
-def _hostile(prolog: str) -> bytes:
-    return pes(OK_BORDEREAU).replace(b"\n<n:PES_Aller", f"\n{prolog}\n<n:PES_Aller".encode(), 1)
-
-
-# (case, the PES, the words its refusal must hold, the line it names or None)
-BAD: list[tuple[str, bytes, str, int | None]] = [
-    ("utf8-declared", pes(OK_BORDEREAU, declaration='<?xml version="1.0" encoding="UTF-8"?>'),
-     'encoding="ISO-8859-1"', 1),
-    ("no-declaration", pes(OK_BORDEREAU, declaration=""), 'encoding="ISO-8859-1"', 1),
-    ("late-declaration", pes(OK_BORDEREAU, declaration='<?xml version="1.0"' + " " * 40
-                             + 'encoding="ISO-8859-1"?>'), "first 50 bytes", 1),
-    ("utf8-bytes", _with("Commune de démo".encode("latin-1"), "Commune de démo".encode()),
-     "UTF-8", 4),
-    ("c1-byte", _with("démo".encode("latin-1"), b"d\x80mo"), "no ISO-8859-1 character", 4),
-    ("nomfic-missing", _with(b'<NomFic V="mandats_2026_12"/>', b""), "NomFic is missing", None),
-    ("nomfic-accents", pes(OK_BORDEREAU, nom_fic="mandats_décembre"), "accents", 3),
-    ("idcoll-checksum", pes(OK_BORDEREAU, id_coll="21400015000019"), "not a valid SIRET", 4),
-    ("idcoll-short", pes(OK_BORDEREAU, id_coll="2140001500001"), "not a valid SIRET", 4),
-    ("idcoll-letters", pes(OK_BORDEREAU, id_coll="2140001500001A"), "not a valid SIRET", 4),
-    ("codcol-zero", pes(OK_BORDEREAU, cod_col="000"), "all-zero", 4),
-    ("codcol-long", pes(OK_BORDEREAU, cod_col="4000"), "CodCol '4000'", 4),
-    ("codcol-empty", pes(OK_BORDEREAU, cod_col=""), "CodCol ''", 4),
-    ("codbud-short", pes(OK_BORDEREAU, cod_bud="1"), "CodBud '1'", 4),
-    ("codbud-long", pes(OK_BORDEREAU, cod_bud="001"), "CodBud '001'", 4),
-    ("idpost-short", pes(OK_BORDEREAU, id_post="12345"), "IdPost '12345'", 4),
-    ("idpost-letters", pes(OK_BORDEREAU, id_post="ABCDEF"), "IdPost 'ABCDEF'", 4),
-    ("bordereau-no-id", pes(bordereau(piece("55.22"), ident=None)), "needs an Id", 6),
-    ("bordereau-same-id", pes(OK_BORDEREAU, OK_BORDEREAU), "already the Id", 7),
-    ("nbrpce-wrong", pes(bordereau(piece("55.22"), count=3)), "says 3 pièce(s)", 6),
-    ("mtbordht-wrong", pes(bordereau(piece("55.22"), total="60.00")), "add up to 55.22", 6),
-    ("amount-nan", pes(bordereau(piece("cinq"), total="0")), "'cinq' is not an amount", 6),
-    ("demat-unsigned", pes(OK_BORDEREAU, demat="1"), "needs a signed flow", None),
-    ("signed-not-demat", pes(bordereau(piece("55.22"), signed=True), demat="0"),
-     "must say 1", None),
-    ("pj-not-base64", pes(OK_BORDEREAU, pjs=(pj("PJ1", raw="pas du base64 !"),)),
-     "not base64", 8),
-    ("pj-not-gzip", pes(OK_BORDEREAU, pjs=(pj("PJ1", raw=base64.b64encode(b"%PDF").decode()),)),
-     "not gzip", 8),
-    ("pj-cut", pes(OK_BORDEREAU, pjs=(pj("PJ1", raw=base64.b64encode(
-        gzip.compress(b"%PDF-1.4 " * 500)[:40]).decode()),)), "cut short", 8),
-    ("pjref-unresolved", pes(bordereau(piece("55.22", ref="PJ9")), pjs=(pj("PJ1"),)),
-     "points at no PJ", 6),
-    ("empty-pes", pes(), "an empty PES", None),
-    ("doctype", _hostile("<!DOCTYPE n:PES_Aller>"), "DOCTYPE", 2),
-    ("billion-laughs", _hostile('<!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]>'),
-     "DOCTYPE", 2),
-    ("external-entity", _hostile('<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'),
-     "DOCTYPE", 2),
-    ("parameter-entity", _hostile('<!DOCTYPE x [<!ENTITY % p SYSTEM "http://127.0.0.1:9/x">'
-                                  '%p;]>'), "DOCTYPE", 2),
-    ("stylesheet", _hostile('<?xml-stylesheet type="text/xsl" href="http://127.0.0.1:9/x"?>'),
-     "stylesheet", 2),
-    ("xinclude", _with(b"<EnTetePES>", b'<EnTetePES xmlns:xi="http://www.w3.org/2001/XInclude">'
-                       b'<xi:include href="file:///etc/passwd"/>'), "XInclude", None),
-    ("utf16-doctype", ('<?xml version="1.0" encoding="UTF-16"?>\n<!DOCTYPE x [<!ENTITY e '
-                       'SYSTEM "file:///etc/passwd">]>\n<a>&e;</a>').encode("utf-16"),
-     "UTF-16", 1),
-    ("not-well-formed", _with(b"</EnTetePES>", b""), "mismatch", None),
-    ("cut-file", pes(OK_BORDEREAU)[:-60], "", None),
-    ("garbage", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "", None),
-    ("json", b'{"PES_Aller": {}}', "", None),
-]
-
-
+# Each refused flow of the shared corpus: (case, the PES, the words its refusal must hold,
+# the line it names or None).
 @pytest.mark.parametrize(("case", "data", "words", "line"), BAD, ids=[b[0] for b in BAD])
 async def test_a_bad_or_hostile_pes_is_refused_located_and_nothing_stored(
         api: Api, case: str, data: bytes, words: str, line: int | None) -> None:
@@ -232,3 +164,52 @@ def test_validate_pes_says_the_same_with_lines_and_a_non_zero_exit(tmp_path: Pat
     good.write_bytes(sample_pes("PES_OK"))
     ok = CliRunner().invoke(demat_cli, ["validate", "pes", str(good)])
     assert ok.exit_code == 0, ok.output
+
+
+def said(body: Any) -> str:
+    return " | ".join(p["message"] for p in body["problems"])
+
+
+def to_sign(data: bytes) -> bytes:
+    """As finance software sends a PES to be signed: InfoDematerialisee 1, no signature."""
+    return data.replace(b'<IdVer V="2"/>', b'<IdVer V="2"/><InfoDematerialisee V="1"/>', 1)
+
+
+async def test_a_pes_sent_for_signature_says_it_is_dematerialised_and_is_not_signed_yet(
+        api: Api) -> None:
+    asked = json.dumps({"signature": True})
+    status, doc = await api.submit(to_sign(sample_pes("PES_SIGN_1")), metadata=asked)
+    assert status == 201, doc
+    assert doc["metadata"]["dematerialised"] is True and doc["metadata"]["signed"] is False
+    journal = await api.get(f"/api/v1/documents/{doc['id']}/journal")
+    assert journal[0]["plan"] == ["sign", "transmit", "notify"]
+
+    status, body = await api.submit(sample_pes("PES_SIGN_2"), metadata=asked)
+    assert status == 422 and "a PES sent for signature says 1 already" in said(body), body
+    # Without a signature asked for, the same file with InfoDematerialisee 1 is refused.
+    status, body = await api.submit(to_sign(sample_pes("PES_SIGN_3")))
+    assert status == 422 and "1 (dematerialised) needs a signed flow" in said(body), body
+
+
+async def test_an_untrusted_signature_is_refused_or_let_through_with_a_journal_warning(
+        tmp_path: Path) -> None:
+    from simulators.pki import TestCA
+    from simulators.xades import sign_pes
+
+    signer = TestCA.create("AC de l'éditeur").issue_signing("Jean Dupont")
+    trusted = TestCA.create("AC de la plateforme")
+    anchors = tmp_path / "trust.pem"
+    anchors.write_bytes(trusted.cert_pem)
+    signed = sign_pes(to_sign(sample_pes("PES_UNTRUSTED")), "//Bordereau", signer.key_pem,
+                      signer.cert_pem)
+    async with api_on(tmp_path / "refusing", xades_trust=anchors) as api:
+        status, body = await api.submit(signed)
+        assert status == 422 and "ds:Signature: untrusted" in said(body), body
+    async with api_on(tmp_path / "accepting", xades_trust=anchors,
+                      xades_accept_untrusted=True) as api:
+        status, doc = await api.submit(signed)
+        assert status == 201, doc
+        journal = await api.get(f"/api/v1/documents/{doc['id']}/journal")
+        warnings = journal[0]["warnings"]  # one per bordereau
+        assert len(warnings) == 2 and all("untrusted" in w and "Jean Dupont" in w
+                                          for w in warnings), warnings

@@ -126,7 +126,7 @@ async def test_a_pes_is_deposited_once_and_comes_back_acquitted(
     assert acquit.accepted and acquit.nom_fic == "PES_INT"
     # Two bordereaux and the PJ, each acknowledged.
     assert [e.subject for e in acquit.elements] == [
-        "bordereau 1 (2026)", "bordereau 2 (2026)", "PJ PES_INT-PJ1"]
+        "bordereau 1 (2026)", "bordereau 2 (2026)", "PJ PESINTPJ1"]
     held = tdt.app[HELIOS_MODULE].transactions[int(first.remote_ref or 0)]
     assert held.sent_as is not None and held.sent_as.startswith(f"PESALR2_{ENTITY}_")
     assert held.filename == "mandats_d_cembre.xml"

@@ -70,6 +70,9 @@ class Step:
     runs: int = 0
     # The ACTES signature step's options, unless a test sets others.
     options: Mapping[str, Any] = field(default_factory=lambda: ACTES.step("sign").options)
+    flow: str = "actes"
+    metadata: Mapping[str, Any] = field(
+        default_factory=lambda: {"objet": "Budget primitif 2024"})
 
     def add_file(self, role: str, name: str, content: bytes, content_type: str) -> FileView:
         digest = hashlib.sha256(content).hexdigest()
@@ -104,12 +107,12 @@ class Step:
         policy = RetryPolicy(in_call_attempts=attempts, in_call_initial=0.01, in_call_max=0.05)
         return StepContext(
             document_id=DOC,
-            flow="actes",
+            flow=self.flow,
             entity=ENTITY,
             step="sign",
             run=1,
             kind="run" if self.runs == 1 else "poll",
-            metadata={"objet": "Budget primitif 2024"},
+            metadata=self.metadata,
             files=list(self.files),
             config=config,
             refs=dict(self.refs),

@@ -14,7 +14,7 @@ from lxml import etree
 from connectors.helios.pes import PES_NS, check_pes
 from connectors.helios.xades import DS, Judged, verify_bordereau
 from simulators.pki import Issued, TestCA
-from tests.unit.helios.xades_signer import sign_bordereau
+from simulators.xades import sign_element as sign_bordereau
 
 FLOW = f"""<n:PES_Aller xmlns:n="{PES_NS}"><PES_DepenseAller>
 <Bordereau Id="B1"><BlocBordereau><Exer V="2026"/><IdBord V="12"/><MtBordHT V="55.22"/>
@@ -172,8 +172,8 @@ def test_demat_validate_pes_checks_rules_and_signatures(
     anchors.write_bytes(ca.cert_pem)
     said = CliRunner().invoke(main, ["validate", "pes", str(good), "--trust", str(anchors)])
     assert said.exit_code == 0, said.output
-    assert said.output == ("mandats.xml: no problem found by the DGFiP rules, signatures "
-                           "verified; the PES schema check is not in this version\n")
+    assert said.output == ("mandats.xml: no problem found by the project's PES schema and the "
+                           "DGFiP rules, signatures verified\n")
     bad = tmp_path / "bad.xml"
     bad.write_bytes(pes(bordereau(piece("55.22")), id_coll="21400015000011"))
     said = CliRunner().invoke(main, ["validate", "pes", str(bad)])
