@@ -12,6 +12,9 @@ of gzip + base64 content), then, each in a fresh process so peak RSS is its own:
   DGFiP's rules, PJ decoding and inflating under their cap).
 
 Prints seconds and peak RSS of each and the speed ratio (baseline time / project time).
+Then the same file goes through ``POST /api/v1/documents`` (``flow=helios``) of a ``demat
+serve`` started for the run: the API process's RSS growth while it takes the upload (its
+peak, ``VmHWM``, against its RSS before) and the answer's time.
 The generated file is valid by the DGFiP's schema too (the conformance tests check the
 builders it follows).
 """
@@ -113,6 +116,82 @@ def measure(code: str, path: Path) -> tuple[float, float]:
     return float(seconds), int(rss_kib) / 1024
 
 
+def _proc_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+async def _prepare(data_dir: Path) -> str:
+    from broker import accounts
+    from broker.settings import Settings
+    from broker.store.db import make_engine
+    from broker.store.migrate import upgrade
+    from broker.wiring import catalog
+
+    url = Settings(data_dir=data_dir).db_url
+    await upgrade(url)
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await accounts.upsert_entity(conn, SIRET[:9], "Commune du banc", {},
+                                         catalog().settings)
+            token: str = await accounts.create_token(conn, accounts.OPERATOR, label="bench")
+    finally:
+        await engine.dispose()
+    return token
+
+
+async def _upload(api_url: str, token: str, path: Path) -> tuple[int, str]:
+    import aiohttp
+
+    with path.open("rb") as stream:
+        form = aiohttp.FormData()
+        form.add_field("flow", "helios")
+        form.add_field("entity", SIRET[:9])
+        form.add_field("pes", stream, filename=path.name, content_type="application/xml")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http, \
+                http.post(f"{api_url}/api/v1/documents", data=form,
+                          headers={"Authorization": f"Bearer {token}"}) as resp:
+            return resp.status, (await resp.text())[:300]
+
+
+def through_the_api(path: Path, folder: Path) -> tuple[float, float, float]:
+    """(seconds, RSS before in MiB, RSS growth in MiB) of the API taking ``path``."""
+    import asyncio
+
+    data_dir = folder / "data"
+    data_dir.mkdir()
+    token = asyncio.run(_prepare(data_dir))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEMAT_")}
+    env.update({"DEMAT_DATA_DIR": str(data_dir), "DEMAT_PORT": "0", "PYTHONPATH": str(ROOT),
+                "DEMAT_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"})
+    serve = subprocess.Popen([sys.executable, "-m", "broker", "serve"], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert serve.stdout is not None
+        api_url = ""
+        while not api_url:
+            line = serve.stdout.readline()
+            if not line:
+                raise RuntimeError("demat serve stopped before it listened")
+            if line.startswith("API_URL="):
+                api_url = line.strip().split("=", 1)[1]
+        time.sleep(1.0)  # its first moments settled
+        before = _proc_kib(serve.pid, "VmRSS")
+        started = time.perf_counter()
+        status, said = asyncio.run(_upload(api_url, token, path))
+        seconds = time.perf_counter() - started
+        peak = _proc_kib(serve.pid, "VmHWM")
+        if status != 201:
+            raise RuntimeError(f"the API answered {status}: {said}")
+    finally:
+        serve.terminate()
+        serve.wait(30)
+    return seconds, before / 1024, (peak - before) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=128)
@@ -126,12 +205,15 @@ def main() -> None:
         print(f"generated {size / 2**20:.1f} MiB in {time.perf_counter() - started:.1f} s")
         bare_s, bare_rss = measure(BARE, path)
         own_s, own_rss = measure(PROJECT, path)
+        api_s, api_before, api_growth = through_the_api(path, Path(folder))
     print(f"bare lxml iterparse + schema: {bare_s:.2f} s, {size / 2**20 / bare_s:.0f} MiB/s, "
           f"peak RSS {bare_rss:.0f} MiB")
     print(f"project check_pes:            {own_s:.2f} s, {size / 2**20 / own_s:.0f} MiB/s, "
           f"peak RSS {own_rss:.0f} MiB")
     print(f"ratio (speed): {bare_s / own_s:.2f}  (target >= 0.8); "
           f"project peak RSS {own_rss:.0f} MiB (target <= 64)")
+    print(f"POST /api/v1/documents: 201 in {api_s:.2f} s; API process RSS {api_before:.0f} MiB "
+          f"before, growth {api_growth:.0f} MiB while taking it (target < 64)")
 
 
 if __name__ == "__main__":
