@@ -38,6 +38,18 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
 
 
+def _flow(flow: Flow, schemas: dict[str, Any]) -> dict[str, Any]:
+    """A flow's parts and metadata; its metadata model joins the components' schemas."""
+    model = flow.metadata_model
+    found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(found.pop("$defs", {}))
+    schemas[model.__name__] = found
+    return {"description": flow.description,
+            "files": {role: {"min": r.min, "max": r.max, "description": r.description}
+                      for role, r in flow.files.items()},
+            "metadata": _ref(model)}
+
+
 def _param(name: str, where: str = "query", required: bool = False,
            schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"name": name, "in": where, "required": required or where == "path",
@@ -54,11 +66,14 @@ def build(flows: Mapping[str, Flow]) -> dict[str, Any]:
         n for n, f in flows.items() if f.classification_by)})
     doc_id = _param("id", "path")
     siren = _param("siren", "path")
+    schemas = dict(defs.get("$defs", {}))
     return {
         "openapi": "3.1.0",
         "info": {"title": "demat-broker", "version": "1"},
+        # What each flow takes: its file parts (by role) and its metadata's schema.
+        "x-flows": {name: _flow(flows[name], schemas) for name in submittable},
         "components": {
-            "schemas": defs.get("$defs", {}),
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -52,10 +53,18 @@ def report_lines(name: str, summary: PesSummary, whole: Verdict | None,
     return lines
 
 
-async def refusal_before_sending(ctx: StepContext, pes: FileView) -> Rejected | None:
-    """Why the signed PES may not go, or None (an unsigned PES was judged at intake)."""
+@dataclass(frozen=True)
+class Checked:
+    """Why the PES may not go (None: it may), and what was let through but must be seen."""
+
+    refusal: Rejected | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+async def check_before_sending(ctx: StepContext, pes: FileView) -> Checked:
+    """The signed PES judged again (an unsigned PES was judged at intake)."""
     if pes.role != SIGNED_PES and not ctx.metadata.get("signed"):
-        return None
+        return Checked()
     trust_file = ctx.platform.get("xades_trust")
     anchors = trust_anchors(Path(trust_file)) if trust_file else None
     accept = bool(ctx.platform.get("xades_accept_untrusted"))
@@ -71,13 +80,17 @@ async def refusal_before_sending(ctx: StepContext, pes: FileView) -> Rejected | 
     if not summary.signed_whole:
         problems += [f"{pes.name}:{b.line}: bordereau {b.number} ({b.id}) is not signed"
                      for b in summary.bordereaux if not b.signed]
+    if whole is not None and whole.judged is Judged.UNTRUSTED and accept:
+        summary.warnings.append(f"{pes.name}: PES_Aller/ds:Signature: {whole.judged}: "
+                                f"{whole.reason} (accepted: the platform accepts untrusted "
+                                "chains)")
     lines = report_lines(pes.name, summary, whole, anchors) + summary.warnings
     stem = str(ctx.metadata.get("nom_fic") or ctx.document_id)
     await keep_file(ctx, REPORT, f"rapport-signature-{stem}.txt",
                     ("\n".join(lines) + "\n").encode(), "text/plain; charset=utf-8")
     if not problems:
-        return None
-    return Rejected(
+        return Checked(warnings=summary.warnings)
+    return Checked(Rejected(
         reason=f"the signed PES may not go to the DGFiP: {'; '.join(problems)}",
         metadata={"errors": [{"element": "PES signé", "code": None, "text": p}
-                             for p in problems]})
+                             for p in problems]}), summary.warnings)

@@ -39,7 +39,7 @@ from connectors.base import (
     settings_of,
 )
 from connectors.helios.acquit import Acquit, AcquitError, read_acquit
-from connectors.helios.before_sending import SIGNED_PES, refusal_before_sending
+from connectors.helios.before_sending import SIGNED_PES, check_before_sending
 from connectors.helios.retour import RetourError, read_retour
 from connectors.helios.tdt_client import (
     ANSWERED,
@@ -103,12 +103,14 @@ class TdtHeliosConnector:
         client = HeliosClient(ctx.http, wire_settings(account, ctx.entity))
         transaction = ctx.refs.get(TRANSACTION_REF)
         if transaction is None:
-            refused = await refusal_before_sending(ctx, pes_to_send(ctx))
-            if refused is not None:
-                return refused
+            checked = await check_before_sending(ctx, pes_to_send(ctx))
+            if checked.refusal is not None:
+                return checked.refusal
             transaction = await self._deposit(ctx, client)
+            # Journaled with the step: what was let through must be seen.
             return Pending(account.poll_after, remote_ref=transaction,
-                           note=f"TdT PES transaction {transaction}")
+                           note="; ".join([f"TdT PES transaction {transaction}",
+                                           *checked.warnings]))
         tid = transaction
         status = await ctx.call(lambda: client.get_status(tid))
         if status.code in IN_PROGRESS:

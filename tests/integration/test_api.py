@@ -208,6 +208,13 @@ async def test_health_readiness_metrics_and_openapi(api: Client) -> None:
                  "/api/v1/documents/{id}/files/{file_id}", "/api/v1/parking/replay"):
         assert path in spec["paths"]
     assert "DocumentOut" in spec["components"]["schemas"]
+    # Each flow's parts and metadata: HELIOS takes one PES and says whether to sign it.
+    helios = spec["x-flows"]["helios"]
+    assert helios["files"] == {"pes": {"min": 1, "max": 1,
+                                       "description": "the PES_Aller (ISO-8859-1 XML)"}}
+    metadata = spec["components"]["schemas"][helios["metadata"]["$ref"].rsplit("/", 1)[1]]
+    assert {"signature", "archive", "callback_url"} <= set(metadata["properties"])
+    assert "helios-retour" not in spec["x-flows"]  # ingested, never submitted
     json.dumps(spec)
 
 

@@ -26,7 +26,7 @@ from signxml.verifier import SignatureConfiguration, XMLVerifier
 
 from broker.flows.helios import HELIOS
 from connectors.base import Done, PermanentError, Rejected
-from connectors.helios.before_sending import refusal_before_sending
+from connectors.helios.before_sending import check_before_sending
 from connectors.helios.connector import pes_to_send
 from connectors.helios.pes import check_pes
 from connectors.helios.signing import PER_BORDEREAU, WHOLE_FLOW, signature_xpath
@@ -191,6 +191,7 @@ async def test_the_signed_pes_is_checked_again_before_it_goes_to_the_tdt(
     other.write_bytes(TestCA.create("Autre AC").cert_pem)
 
     reports: list[str] = []
+    warned: list[list[str]] = []
 
     async def refusal(content: bytes, anchors: Path, **platform: Any) -> Rejected | None:
         folder = tmp_path / f"transmit-{len(list(tmp_path.glob('transmit-*')))}"
@@ -200,10 +201,12 @@ async def test_the_signed_pes_is_checked_again_before_it_goes_to_the_tdt(
         ctx = dataclasses.replace(step.context({}), step="transmit",
                                   platform={"xades_trust": anchors, **platform})
         assert pes_to_send(ctx) == kept  # the signed PES is the one that goes
-        refused = await refusal_before_sending(ctx, kept)
+        checked = await check_before_sending(ctx, kept)
         (report,) = step.role("rapport_signature")  # kept either way, archived with the PES
         reports.append(report.path.read_text())
-        return refused
+        assert all(w in reports[-1] for w in checked.warnings)
+        warned.append(checked.warnings)
+        return checked.refusal
 
     assert await refusal(signed, trust) is None
     assert "bordereau 1 (BORD1, exercice 2026, line" in reports[-1]
@@ -218,6 +221,7 @@ async def test_the_signed_pes_is_checked_again_before_it_goes_to_the_tdt(
     # A platform that accepts untrusted chains lets it go, and the report says so.
     assert await refusal(signed, other, xades_accept_untrusted=True) is None
     assert "(accepted: the platform accepts untrusted chains)" in reports[-1], reports[-1]
+    assert len(warned[-1]) == 2, warned  # one per bordereau, journaled with the deposit
     unsigned = await refusal(data, trust)  # the parapheur gave the PES back unsigned
     assert unsigned is not None and "is not signed" in unsigned.reason, unsigned.reason
 
