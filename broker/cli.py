@@ -141,10 +141,17 @@ def validate(flow: str, path: Path, trust: Path | None) -> None:
     else:
         from cryptography import x509
 
+        from broker.flows.base import Problem
+        from connectors.helios.before_sending import verify_whole_flow
         from connectors.helios.pes import check_pes
 
         anchors = x509.load_pem_x509_certificates(trust.read_bytes()) if trust else None
-        _summary, problems = check_pes(path, trust=anchors)
+        summary, problems = check_pes(path, trust=anchors)
+        if summary.signed_whole and anchors and not problems:  # one signature of it all
+            whole = verify_whole_flow(path, anchors)
+            if not whole.ok:
+                problems.append(Problem(path.name, f"PES_Aller/ds:Signature: {whole.judged}: "
+                                                   f"{whole.reason}"))
         signatures = ", signatures verified" if anchors else ", signatures not judged (--trust)"
         verdict = (f"{path.name}: no problem found by the project's PES schema and the "
                    f"DGFiP rules{signatures}")

@@ -116,6 +116,11 @@ BAD: list[tuple[str, bytes, str, int | None]] = [
     ("mtbordht-wrong", pes(bordereau(piece("55.22"), total="60.00")), "add up to 55.22", 6),
     ("amount-nan", pes(bordereau(piece("cinq"), total="0")),
      "'cinq' is not a valid value of the atomic type 'V_Montant_Light'", 6),
+    # Decimal's own words for no number at all: refused, never a crash of the sums.
+    ("amount-snan", pes(bordereau(piece("sNaN"), total="sNaN")),
+     "'sNaN' is not a valid value of the atomic type 'V_Montant_Light'", 6),
+    ("amount-huge-exponent", pes(bordereau(piece("1e400000000"), total="1e400000000")),
+     "'1e400000000' is not a valid value", 6),
     ("demat-unsigned", pes(OK_BORDEREAU, demat="1"), "needs a signed flow", None),
     ("signed-not-demat", pes(bordereau(piece("55.22"), signed=True), demat="0"),
      "must say 1", None),

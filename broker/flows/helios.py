@@ -28,6 +28,7 @@ from broker.flows.base import (
     UploadedFile,
 )
 from broker.retry import PollPolicy
+from connectors.helios.before_sending import SIGNED_PES
 from connectors.helios.pes import MAX_PES_BYTES, check_pes, dematerialisation_problem
 from connectors.helios.xades import trust_anchors
 
@@ -37,7 +38,6 @@ SIGNATURE_POLLS = PollPolicy(first=1.0, factor=1.5, max_interval=300.0, deadline
 ACQUIT_POLLS = PollPolicy(first=1.0, factor=1.5, max_interval=600.0, deadline=7 * 86400.0)
 SAE_POLLS = PollPolicy(first=1.0, factor=1.5, max_interval=1800.0, deadline=30 * 86400.0)
 PES = "pes"
-SIGNED_PES = "pes_signe"
 
 
 class HeliosMetadata(BaseModel):

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from lxml import etree
 
+from broker.xmlsafe import XmlError, parse_file
 from connectors.base import FileView, Rejected, StepContext
-from connectors.helios.pes import MAX_PES_BYTES, PesSummary, check_pes
+from connectors.helios.pes import ENCODINGS, MAX_PES_BYTES, PesSummary, check_pes
 from connectors.helios.xades import Judged, Verdict, trust_anchors, verify_bordereau
 from connectors.once import keep_file
+from connectors.s2low.client import tdt_file_name
 
 SIGNED_PES = "pes_signe"
 REPORT = "rapport_signature"
@@ -28,10 +29,11 @@ REPORT = "rapport_signature"
 
 def verify_whole_flow(path: Path, anchors: Sequence[x509.Certificate]) -> Verdict:
     """The verdict on a signature of the whole PES_Aller (``.``). It covers the whole file,
-    so the file is read whole: its size is capped at intake."""
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                             huge_tree=True)
-    root = etree.parse(str(path), parser).getroot()
+    so the file is read whole, through the XML gate and under the PES cap."""
+    try:
+        root = parse_file(path, max_bytes=MAX_PES_BYTES, encodings=ENCODINGS)
+    except XmlError as exc:
+        return Verdict(Judged.INCOMPLETE, f"the signed flow cannot be read whole: {exc}")
     return verify_bordereau(root, anchors)
 
 
@@ -72,7 +74,7 @@ async def check_before_sending(ctx: StepContext, pes: FileView) -> Checked:
                                              anchors, accept_untrusted=accept)
     problems = [f"{p.field}: {p.message}" for p in found]
     whole = None
-    if summary.signed_whole and anchors is not None:
+    if summary.signed_whole and anchors is not None and not found:
         whole = await asyncio.to_thread(verify_whole_flow, pes.path, anchors)
         if not whole.ok and not (whole.judged is Judged.UNTRUSTED and accept):
             problems.append(f"{pes.name}: PES_Aller/ds:Signature: {whole.judged}: "
@@ -85,7 +87,7 @@ async def check_before_sending(ctx: StepContext, pes: FileView) -> Checked:
                                 f"{whole.reason} (accepted: the platform accepts untrusted "
                                 "chains)")
     lines = report_lines(pes.name, summary, whole, anchors) + summary.warnings
-    stem = str(ctx.metadata.get("nom_fic") or ctx.document_id)
+    stem = tdt_file_name(str(ctx.metadata.get("nom_fic") or ctx.document_id))
     await keep_file(ctx, REPORT, f"rapport-signature-{stem}.txt",
                     ("\n".join(lines) + "\n").encode(), "text/plain; charset=utf-8")
     if not problems:

@@ -39,7 +39,7 @@ from connectors.base import (
     settings_of,
 )
 from connectors.helios.acquit import Acquit, AcquitError, read_acquit
-from connectors.helios.before_sending import SIGNED_PES, check_before_sending
+from connectors.helios.before_sending import SIGNED_PES, Checked, check_before_sending
 from connectors.helios.retour import RetourError, read_retour
 from connectors.helios.tdt_client import (
     ANSWERED,
@@ -103,7 +103,10 @@ class TdtHeliosConnector:
         client = HeliosClient(ctx.http, wire_settings(account, ctx.entity))
         transaction = ctx.refs.get(TRANSACTION_REF)
         if transaction is None:
-            checked = await check_before_sending(ctx, pes_to_send(ctx))
+            # Once a deposit may have started, the PES may be at the TdT: no verdict now
+            # (trust changed since?) may end it refused; the deposit is reconciled instead.
+            checked = Checked() if DEPOSIT_MARK in ctx.refs else \
+                await check_before_sending(ctx, pes_to_send(ctx))
             if checked.refusal is not None:
                 return checked.refusal
             transaction = await self._deposit(ctx, client)
@@ -150,7 +153,7 @@ class TdtHeliosConnector:
         except AcquitError as exc:
             raise PermanentError(f"{client.what}: the acquit of PES transaction {tid} cannot "
                                  f"be read: {exc}") from exc
-        base = str(ctx.metadata.get("nom_fic") or ctx.document_id)
+        base = tdt_file_name(str(ctx.metadata.get("nom_fic") or ctx.document_id))
         kind = "PES_NONACQUIT" if acquit.negative else "PES_ACQUIT"
         files = await keep_file(ctx, "acquit", f"{kind}_{base}.xml", data)
         summary = {"transaction": tid, "status": status.code, "accepted": acquit.accepted,

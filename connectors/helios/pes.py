@@ -67,10 +67,7 @@ def _lines_total(piece: etree._Element) -> Decimal:
     schema says it)."""
     found = _LINE_AMOUNTS(piece)
     values = [v.strip() for v in found if isinstance(v, str)] if isinstance(found, list) else []
-    try:
-        return sum(map(Decimal, values), Decimal(0))
-    except InvalidOperation:
-        return sum((_amount(v) or Decimal(0) for v in values), Decimal(0))
+    return sum((_amount(v) or Decimal(0) for v in values), Decimal(0))
 
 
 @dataclass
@@ -481,11 +478,14 @@ def _int(value: str) -> int | None:
 
 
 def _amount(value: str) -> Decimal | None:
-    """The amount ``value`` says; None when it is none (the schema says so, where it is)."""
+    """The amount ``value`` says; None when it is none (the schema says so, where it is):
+    NaN, infinities and exponents past cents (``1e400000000``) are no amounts either."""
     try:
-        return Decimal(value)
+        amount = Decimal(value)
     except InvalidOperation:
         return None
+    exponent = amount.as_tuple().exponent  # a letter ('n', 'F') when not finite
+    return amount if isinstance(exponent, int) and -2 <= exponent <= 18 else None
 
 
 class _Latin1Check:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.xmlsafe import iter_elements
+from connectors.helios.pes import ENCODINGS, MAX_PES_BYTES
 from connectors.textpdf import simple_pdf
 
 PER_BORDEREAU = "//Bordereau"
@@ -27,14 +28,18 @@ class CannotSign(ValueError):
 
 def signature_xpath(path: Path) -> str:
     """The XPath the parapheur signs the PES at ``path`` by (streamed, memory flat)."""
-    elements = iter_elements(path, tag=["Bordereau", "PJ"], max_bytes=1 << 40,
-                             encodings=("ISO-8859-1", "UTF-8"))
+    elements = iter_elements(path, tag=["Bordereau", "Piece", "PJ"], max_bytes=MAX_PES_BYTES,
+                             encodings=ENCODINGS)
     without_id = total = 0
     for _event, element in elements:
         if element.tag == "Bordereau":
             total += 1
             without_id += not element.get("Id")
-        element.clear()  # a bordereau's pièces, a PJ's content: gone once counted
+        # Each unit gone once read: memory holds one pièce or one PJ at a time.
+        element.clear()
+        parent = element.getparent()
+        if parent is not None:
+            parent.remove(element)
     if total and not without_id:
         return PER_BORDEREAU
     if elements.root.get("Id"):

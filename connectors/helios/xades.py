@@ -174,7 +174,12 @@ def _qualifying(signed: etree._Element, cert: x509.Certificate, signer: str,
         return Verdict(Judged.INCOMPLETE, "SigningCertificate gives no certificate digest the "
                        "broker knows", signer, when)
     der = cert.public_bytes(Encoding.DER)
-    if base64.b64decode(digest_value) != algorithm(der).digest():
+    try:
+        carried_digest = base64.b64decode(digest_value, validate=True)
+    except ValueError:
+        return Verdict(Judged.INCOMPLETE, "SigningCertificate's digest is not base64", signer,
+                       when)
+    if carried_digest != algorithm(der).digest():
         return Verdict(Judged.INCOMPLETE, "SigningCertificate's digest is not the carried "
                        "certificate's", signer, when)
     serial = _text(signed, "xad:SigningCertificate/xad:Cert/xad:IssuerSerial/ds:X509SerialNumber")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from datetime import date, timedelta
@@ -265,15 +266,17 @@ async def _finish_signed(
     ctx: StepContext, client: ParapheurClient, dossier_id: str, history: list[LogDossier]
 ) -> Outcome:
     dossier = await ctx.call(lambda: client.get_dossier(dossier_id, ctx.scratch()))
-    if dossier.doc_principal is None:
-        raise PermanentError(
-            f"parapheur GetDossier: dossier {dossier_id} is finished but carries no DocPrincipal"
-        )
     stem = _stem(ctx)
     roles = sign_options(ctx)
-    # A PES comes back signed in FichierPES (some versions put it in DocPrincipal).
-    signed = (dossier.fichier_pes if roles.protocol == "HELIOS" else None) or \
-        dossier.doc_principal
+    # A PES comes back signed in FichierPES (some versions put it in DocPrincipal); it is
+    # XML whatever content type the answer gives it.
+    helios = roles.protocol == "HELIOS"
+    signed = (dossier.fichier_pes if helios else None) or dossier.doc_principal
+    if signed is None:
+        raise PermanentError(f"parapheur GetDossier: dossier {dossier_id} is finished but "
+                             f"carries no {'FichierPES nor ' if helios else ''}DocPrincipal")
+    if helios and _suffix(signed.content_type, "") != ".xml":
+        signed = dataclasses.replace(signed, content_type="application/xml")
     # Stored before anything is deleted on the parapheur: the signature is not kept twice.
     signed_name = await _store(
         ctx, roles.signed_as, f"{stem}-signe{_suffix(signed.content_type, '.pdf')}", signed

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import xmlsec
+from cryptography import x509
 from lxml import etree
 
 from connectors.helios.pes import PES_NS, check_pes
-from connectors.helios.xades import DS, Judged, verify_bordereau
+from connectors.helios.xades import DS, Judged, _qualifying, verify_bordereau
 from simulators.pki import Issued, TestCA
 from simulators.xades import sign_element as sign_bordereau
 
@@ -99,6 +100,22 @@ def test_signed_properties_left_unsigned_are_refused(ca: TestCA, signer: Issued)
     verdict = verify_bordereau(bordereaux(signed(signer, sign_properties=False))[0], [ca.cert])
     assert verdict.judged is Judged.INCOMPLETE
     assert verdict.reason.startswith("no reference covers the XAdES SignedProperties")
+
+
+def test_a_certificate_digest_that_is_not_base64_is_incomplete_not_a_crash(
+        signer: Issued) -> None:
+    """A signer may sign such properties itself: the XAdES layer must judge, not raise."""
+    xad = "{http://uri.etsi.org/01903/v1.1.1#}"
+    properties = signed(signer).find(f".//{xad}SignedSignatureProperties")
+    assert properties is not None
+    value = properties.find(f"{xad}SigningCertificate/{xad}Cert/{xad}CertDigest/"
+                            f"{xad}DigestValue")
+    assert value is not None
+    value.text = "pas=du=base64"
+    cert = x509.load_pem_x509_certificate(signer.cert_pem)
+    verdict = _qualifying(properties, cert, "signer", dt.datetime.now(dt.UTC), [cert])
+    assert (verdict.judged, verdict.reason) == (
+        Judged.INCOMPLETE, "SigningCertificate's digest is not base64"), verdict
 
 
 def test_an_id_carried_twice_makes_the_reference_ambiguous(ca: TestCA, signer: Issued) -> None:
