@@ -118,8 +118,7 @@ def _samples(count: int) -> list[tuple[str, dict[str, Any], str, str, bytes]]:
                 for n in range(1, count + 1)]
     # NomFic is taken once per CodCol on a platform: a second demo on the same data gets its own.
     nom_fic = f"DEMO_PES_{datetime.now():%y%m%d%H%M%S}"
-    pes = sample_pes(nom_fic, bordereaux=2, pieces=2, pjs=1).replace(
-        b'<IdVer V="2"/>', b'<IdVer V="2"/><InfoDematerialisee V="1"/>', 1)
+    pes = sample_pes(nom_fic, bordereaux=2, pieces=2, pjs=1, demat="1")  # to be signed
     helios = [("helios", {"signature": True, "archive": True}, "pes", f"{nom_fic}.xml", pes)]
     return acts + deposits + helios
 

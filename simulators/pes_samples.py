@@ -91,10 +91,10 @@ def pj_id(nom_fic: str, n: int) -> str:
 
 def sample_pes(nom_fic: str, *, bordereaux: int = 2, pieces: int = 2, pjs: int = 1,
                first_number: int = 1, id_post: str = "086016", cod_col: str = "400",
-               exercice: str = "2026") -> bytes:
+               exercice: str = "2026", demat: str | None = None) -> bytes:
     """A mandats flow valid by the schema and the rules: ``bordereaux`` bordereaux numbered
     from ``first_number`` with ``pieces`` pièces each (their totals right), the first pièce
-    pointing at each PJ."""
+    pointing at each PJ; ``demat="1"``: InfoDematerialisee as a PES sent to be signed says."""
     written = []
     for rank in range(bordereaux):
         number = first_number + rank
@@ -107,4 +107,5 @@ def sample_pes(nom_fic: str, *, bordereaux: int = 2, pieces: int = 2, pjs: int =
                                  number=str(number), exercice=exercice))
     attached = tuple(pj(pj_id(nom_fic, n + 1), b"%PDF-1.4 facture " + str(n).encode())
                      for n in range(pjs))
-    return pes(*written, pjs=attached, nom_fic=nom_fic, id_post=id_post, cod_col=cod_col)
+    return pes(*written, pjs=attached, nom_fic=nom_fic, id_post=id_post, cod_col=cod_col,
+               demat=demat)

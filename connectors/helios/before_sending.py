@@ -18,7 +18,14 @@ from cryptography import x509
 
 from broker.xmlsafe import XmlError, parse_file
 from connectors.base import FileView, Rejected, StepContext
-from connectors.helios.pes import ENCODINGS, MAX_PES_BYTES, PesSummary, check_pes
+from connectors.helios.pes import (
+    ENCODINGS,
+    MAX_PES_BYTES,
+    PesSummary,
+    accepted_untrusted,
+    check_pes,
+    untrusted_warning,
+)
 from connectors.helios.xades import Judged, Verdict, trust_anchors, verify_bordereau
 from connectors.once import keep_file
 from connectors.s2low.client import tdt_file_name
@@ -76,16 +83,14 @@ async def check_before_sending(ctx: StepContext, pes: FileView) -> Checked:
     whole = None
     if summary.signed_whole and anchors is not None and not found:
         whole = await asyncio.to_thread(verify_whole_flow, pes.path, anchors)
-        if not whole.ok and not (whole.judged is Judged.UNTRUSTED and accept):
+        if not whole.ok and not accepted_untrusted(whole, accept):
             problems.append(f"{pes.name}: PES_Aller/ds:Signature: {whole.judged}: "
                             f"{whole.reason}")
     if not summary.signed_whole:
         problems += [f"{pes.name}:{b.line}: bordereau {b.number} ({b.id}) is not signed"
                      for b in summary.bordereaux if not b.signed]
-    if whole is not None and whole.judged is Judged.UNTRUSTED and accept:
-        summary.warnings.append(f"{pes.name}: PES_Aller/ds:Signature: {whole.judged}: "
-                                f"{whole.reason} (accepted: the platform accepts untrusted "
-                                "chains)")
+    if whole is not None and accepted_untrusted(whole, accept):
+        summary.warnings.append(untrusted_warning(f"{pes.name}: PES_Aller", whole))
     lines = report_lines(pes.name, summary, whole, anchors) + summary.warnings
     stem = tdt_file_name(str(ctx.metadata.get("nom_fic") or ctx.document_id))
     await keep_file(ctx, REPORT, f"rapport-signature-{stem}.txt",

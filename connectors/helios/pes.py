@@ -364,12 +364,11 @@ def _in_bordereau(r: _Reading, b: Bordereau, tag: str, parent: str, element: etr
             # An Id two bordereaux carry makes the signature's reference ambiguous.
             ids = {b.id: r.id_counts[b.id]} if b.id else None
             b.verdict = verdict = verify_bordereau(element, r.trust, ids_in_document=ids)
-            said = f"{verdict.judged}: {verdict.reason}"
-            if verdict.judged is Judged.UNTRUSTED and r.accept_untrusted:
-                r.summary.warnings.append(f"{r.name}:{b.line}: {b.path}/ds:Signature: {said} "
-                                          "(accepted: the platform accepts untrusted chains)")
+            if accepted_untrusted(verdict, r.accept_untrusted):
+                r.summary.warnings.append(untrusted_warning(f"{r.name}:{b.line}: {b.path}",
+                                                            verdict))
             elif not verdict.ok:
-                r.say(b.line, f"{b.path}/ds:Signature", said)
+                r.say(b.line, f"{b.path}/ds:Signature", f"{verdict.judged}: {verdict.reason}")
         r.current = None
 
 
@@ -441,6 +440,16 @@ def _pj(r: _Reading, element: etree._Element, where: _Where, line: int | None) -
               "may hold")
     elif not inflater.eof:
         r.say(_line(content) or line, what, "the gzip data is cut short")
+
+
+def accepted_untrusted(verdict: Verdict, accept_untrusted: bool) -> bool:
+    """An untrusted chain the platform lets through (with a warning)."""
+    return verdict.judged is Judged.UNTRUSTED and accept_untrusted
+
+
+def untrusted_warning(where: str, verdict: Verdict) -> str:
+    return (f"{where}/ds:Signature: {verdict.judged}: {verdict.reason} (accepted: the "
+            "platform accepts untrusted chains)")
 
 
 def dematerialisation_problem(signed: bool, dematerialised: bool,

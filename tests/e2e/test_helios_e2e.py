@@ -88,11 +88,10 @@ def signed(n: int) -> bool:
 
 
 def pes_of(n: int) -> bytes:
-    data = sample_pes(nom_fic(n), bordereaux=1 + n % 3, pieces=2, pjs=n % 2,
-                      first_number=n * 10, id_post=UNKNOWN_POST if refused(n) else "086016")
     # Sent for signature, a PES already says it is dematerialised (InfoDematerialisee 1).
-    return data.replace(b'<IdVer V="2"/>', b'<IdVer V="2"/><InfoDematerialisee V="1"/>', 1) \
-        if signed(n) else data
+    return sample_pes(nom_fic(n), bordereaux=1 + n % 3, pieces=2, pjs=n % 2,
+                      first_number=n * 10, id_post=UNKNOWN_POST if refused(n) else "086016",
+                      demat="1" if signed(n) else None)
 
 
 def archived(n: int) -> bool:

@@ -170,15 +170,10 @@ def said(body: Any) -> str:
     return " | ".join(p["message"] for p in body["problems"])
 
 
-def to_sign(data: bytes) -> bytes:
-    """As finance software sends a PES to be signed: InfoDematerialisee 1, no signature."""
-    return data.replace(b'<IdVer V="2"/>', b'<IdVer V="2"/><InfoDematerialisee V="1"/>', 1)
-
-
 async def test_a_pes_sent_for_signature_says_it_is_dematerialised_and_is_not_signed_yet(
         api: Api) -> None:
     asked = json.dumps({"signature": True})
-    status, doc = await api.submit(to_sign(sample_pes("PES_SIGN_1")), metadata=asked)
+    status, doc = await api.submit(sample_pes("PES_SIGN_1", demat="1"), metadata=asked)
     assert status == 201, doc
     assert doc["metadata"]["dematerialised"] is True and doc["metadata"]["signed"] is False
     journal = await api.get(f"/api/v1/documents/{doc['id']}/journal")
@@ -187,7 +182,7 @@ async def test_a_pes_sent_for_signature_says_it_is_dematerialised_and_is_not_sig
     status, body = await api.submit(sample_pes("PES_SIGN_2"), metadata=asked)
     assert status == 422 and "a PES sent for signature says 1 already" in said(body), body
     # Without a signature asked for, the same file with InfoDematerialisee 1 is refused.
-    status, body = await api.submit(to_sign(sample_pes("PES_SIGN_3")))
+    status, body = await api.submit(sample_pes("PES_SIGN_3", demat="1"))
     assert status == 422 and "1 (dematerialised) needs a signed flow" in said(body), body
 
 
@@ -200,7 +195,7 @@ async def test_an_untrusted_signature_is_refused_or_let_through_with_a_journal_w
     trusted = TestCA.create("AC de la plateforme")
     anchors = tmp_path / "trust.pem"
     anchors.write_bytes(trusted.cert_pem)
-    signed = sign_pes(to_sign(sample_pes("PES_UNTRUSTED")), "//Bordereau", signer.key_pem,
+    signed = sign_pes(sample_pes("PES_UNTRUSTED", demat="1"), "//Bordereau", signer.key_pem,
                       signer.cert_pem)
     async with api_on(tmp_path / "refusing", xades_trust=anchors) as api:
         status, body = await api.submit(signed)

@@ -43,11 +43,6 @@ HELIOS_CIRCUIT = {"helios": {"type": "PES", "sous_type": "Bordereau"}}
 TEXT = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
 
 
-def dematerialised(data: bytes) -> bytes:
-    """The PES as finance software sends it for signature: InfoDematerialisee 1, unsigned."""
-    return data.replace(b'<IdVer V="2"/>', b'<IdVer V="2"/><InfoDematerialisee V="1"/>', 1)
-
-
 def with_root_id(data: bytes, ident: str = "PES1") -> bytes:
     return data.replace(b"<n:PES_Aller ", f'<n:PES_Aller Id="{ident}" '.encode(), 1)
 
@@ -103,7 +98,7 @@ def signxml_alone(signed_element: etree._Element) -> None:
 
 async def test_each_bordereau_is_signed_and_verifies_with_signxml_and_the_broker(
         tmp_path: Path, http: aiohttp.ClientSession, sim: Sim) -> None:
-    data = dematerialised(sample_pes("mandats_2026_12", bordereaux=3, pjs=1))
+    data = sample_pes("mandats_2026_12", bordereaux=3, pjs=1, demat="1")
     summary, _ = check_pes(io.BytesIO(data), "p.xml")
     step = helios_step(tmp_path, http, data, {**summary.metadata(), "signed": False})
     signed = await signed_through_the_parapheur(step, sim)
@@ -124,7 +119,7 @@ async def test_each_bordereau_is_signed_and_verifies_with_signxml_and_the_broker
 
 async def test_the_dossier_asks_for_bordereau_signatures_and_shows_a_summary(
         tmp_path: Path, http: aiohttp.ClientSession, sim: Sim) -> None:
-    data = dematerialised(sample_pes("mandats_2026_12", bordereaux=2, first_number=41))
+    data = sample_pes("mandats_2026_12", bordereaux=2, first_number=41, demat="1")
     summary, _ = check_pes(io.BytesIO(data), "p.xml")
     step = helios_step(tmp_path, http, data, summary.metadata())
     await ParapheurConnector().run(step.context(sim.config(circuits=HELIOS_CIRCUIT)))
@@ -139,7 +134,7 @@ async def test_the_dossier_asks_for_bordereau_signatures_and_shows_a_summary(
 
 async def test_a_pes_whose_root_alone_has_an_id_is_signed_whole(
         tmp_path: Path, http: aiohttp.ClientSession, sim: Sim) -> None:
-    data = with_root_id(dematerialised(pes(bordereau(piece("55.22"), ident=None))))
+    data = with_root_id(pes(bordereau(piece("55.22"), ident=None), demat="1"))
     path = tmp_path / "p.xml"
     path.write_bytes(data)
     assert signature_xpath(path) == WHOLE_FLOW
@@ -152,8 +147,8 @@ async def test_a_pes_whose_root_alone_has_an_id_is_signed_whole(
 
 async def test_a_pes_with_nothing_to_point_a_signature_at_is_refused_before_the_parapheur(
         tmp_path: Path, http: aiohttp.ClientSession, sim: Sim) -> None:
-    data = dematerialised(pes(bordereau(piece("55.22"), ident=None),
-                              bordereau(piece("55.22"), ident="B2")))
+    data = pes(bordereau(piece("55.22"), ident=None), bordereau(piece("55.22"), ident="B2"),
+               demat="1")
     step = helios_step(tmp_path, http, data)
     with pytest.raises(PermanentError, match="1 of its 2 bordereaux have no Id and its root "
                                              "has none"):
@@ -163,7 +158,7 @@ async def test_a_pes_with_nothing_to_point_a_signature_at_is_refused_before_the_
 
 async def test_the_parapheur_refuses_a_pes_v2_dossier_without_a_usable_xpath(
         tmp_path: Path, http: aiohttp.ClientSession, sim: Sim) -> None:
-    data = dematerialised(sample_pes("mandats_2026_12"))
+    data = sample_pes("mandats_2026_12", demat="1")
     # The ACTES options (no protocol HELIOS) on the PES circuit: no XPath is sent.
     step = Step(tmp_path, http, flow="helios")
     step.add_file("acte", "mandats.xml", data, "application/xml")
@@ -184,7 +179,7 @@ def _tampered(signed: bytes) -> bytes:
 
 async def test_the_signed_pes_is_checked_again_before_it_goes_to_the_tdt(
         tmp_path: Path, http: aiohttp.ClientSession, sim: Sim) -> None:
-    data = dematerialised(sample_pes("mandats_2026_12", bordereaux=2, pjs=0))
+    data = sample_pes("mandats_2026_12", bordereaux=2, pjs=0, demat="1")
     signed = await signed_through_the_parapheur(helios_step(tmp_path, http, data), sim)
     trust, other = tmp_path / "trust.pem", tmp_path / "other.pem"
     trust.write_bytes(sim.ca_path.read_bytes())
@@ -226,7 +221,7 @@ async def test_the_signed_pes_is_checked_again_before_it_goes_to_the_tdt(
     assert unsigned is not None and "is not signed" in unsigned.reason, unsigned.reason
 
     # Signed whole (XPath "."): the one signature is verified on the whole file.
-    whole_data = with_root_id(dematerialised(sample_pes("mandats_2026_12", pjs=0)))
+    whole_data = with_root_id(sample_pes("mandats_2026_12", pjs=0, demat="1"))
     whole = sign_pes(whole_data, WHOLE_FLOW, *signer_of(sim))
     assert await refusal(whole, trust) is None
     assert "whole flow (PES_Aller): valid: signed by" in reports[-1], reports[-1]
@@ -246,7 +241,7 @@ def test_xmlsec_itself_finds_the_simulators_signature_and_a_tampered_one() -> No
     """The signer's own library agrees: a third opinion on the same signatures."""
     ca = TestCA.create("AC")
     issued = ca.issue_signing("Jean Dupont")
-    signed = sign_pes(dematerialised(sample_pes("m_1", bordereaux=1, pjs=0)), PER_BORDEREAU,
+    signed = sign_pes(sample_pes("m_1", bordereaux=1, pjs=0, demat="1"), PER_BORDEREAU,
                       issued.key_pem, issued.cert_pem)
     for content, holds in ((signed, True), (_tampered(signed), False)):
         root = etree.fromstring(content, TEXT)
