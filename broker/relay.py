@@ -160,7 +160,8 @@ class Relay:
             rows = await stored_events.pending(conn, self.rt.settings.relay_batch)
             # Confirms awaited together: one round trip for the batch, not one per event.
             await asyncio.gather(*(self.rt.transport.publish_event(
-                row.routing_key, json.dumps(row.payload).encode()) for row in rows))
+                row.routing_key, json.dumps({**row.payload, "event": row.id}).encode())
+                for row in rows))
             await stored_events.mark_published(conn, [r.id for r in rows], now())
         return len(rows)
 

@@ -13,6 +13,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from broker.retry import PollPolicy, RetryPolicy, parse_duration, parse_ladder
 
 
+def parse_step_limits(text: str) -> dict[tuple[str, str], float]:
+    """``"actes.sign=10d,helios.transmit=48h"`` -> {("actes", "sign"): 864000.0, ...}."""
+    limits: dict[tuple[str, str], float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        where, sep, duration = part.partition("=")
+        flow, dot, step = where.strip().partition(".")
+        if not (sep and dot and flow and step):
+            raise ValueError(f"expected flow.step=duration (e.g. actes.sign=10d), got {part!r}")
+        limits[(flow, step.strip())] = parse_duration(duration.strip())
+    return limits
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEMAT_", extra="ignore")
 
@@ -59,6 +71,15 @@ class Settings(BaseSettings):
     # A signature whose certificate does not chain to those anchors is refused, unless this
     # is set: then it is accepted and the journal warns.
     xades_accept_untrusted: bool = False
+    # Dashboard: how long a sign-in lasts, and whether the site is served over TLS (a
+    # proxy in front): then its cookie is Secure even if the proxy talks plain HTTP to it.
+    session_lifetime: str = "12h"
+    behind_tls: bool = False
+    # A document in one step longer than this is shown stuck: per "flow.step", then for
+    # any other step.
+    stuck_after: str = ("actes.sign=10d,helios.sign=10d,actes.transmit=2d,actes.cancel=2d,"
+                        "helios.transmit=48h,actes.archive=7d,helios.archive=7d")
+    stuck_default: str = "1h"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"
 
@@ -67,6 +88,16 @@ class Settings(BaseSettings):
     def _ladder(cls, value: str) -> str:
         parse_ladder(value)
         return value
+
+    @field_validator("stuck_after")
+    @classmethod
+    def _stuck(cls, value: str) -> str:
+        parse_step_limits(value)
+        return value
+
+    @cached_property
+    def stuck_limits(self) -> dict[tuple[str, str], float]:
+        return parse_step_limits(self.stuck_after)
 
     @cached_property
     def db_url(self) -> str:

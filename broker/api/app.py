@@ -29,6 +29,7 @@ from broker.store import documents as docs
 from broker.store.db import ping
 from broker.store.outage import is_outage
 from broker.ttlcache import TtlCache
+from broker.web import guard, routes
 
 log = structlog.get_logger("demat.api")
 
@@ -71,7 +72,7 @@ BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path not in PUBLIC:
+    if request.path.startswith("/api/") and request.path not in PUBLIC:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             return error_response(401, "missing bearer token (Authorization: Bearer …)")
@@ -331,9 +332,10 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 def build_app(runtime: Runtime) -> web.Application:
     # client_max_size only bounds request.post(); multipart is streamed with its own cap.
-    app = web.Application(middlewares=[errors_and_auth])
+    app = web.Application(middlewares=[errors_and_auth, guard.dashboard])
     app[RUNTIME] = runtime
     app[TOKENS] = TokenCache()
+    routes.setup(app, runtime)
     app.add_routes([
         web.post("/api/v1/documents", submit),
         web.get("/api/v1/documents", list_documents),

@@ -18,6 +18,7 @@ from broker import journal
 from broker.engine import CANCELLED, REJECTED, Doc, Job, Transition
 from broker.ids import new_id
 from broker.store import journal as stored_journal
+from broker.store import keys
 from broker.store.job_state import JobState
 from broker.store.schema import documents, events, files, jobs
 
@@ -65,13 +66,15 @@ async def insert_documents(conn: AsyncConnection, new: Sequence[NewDocument],
             "id": doc.id, "flow": doc.flow, "entity": n.start.entity, "state": first.state,
             "step": first.step, "run": first.run, "next_due_at": first.next_due_at,
             "last_error": first.last_error, "metadata": {**doc.metadata, **first.metadata},
-            "refs": {}, "created_at": now, "updated_at": now,
+            "refs": {}, "created_at": now, "updated_at": now, "step_since": now,
             "unique_key": None if first.state in RELEASES_KEY else n.unique_key,
             "submission_key": n.submission_key})
         ids = [new_id() for _ in n.files]
         file_rows += [_file_row(i, doc.id, f, now) for i, f in zip(ids, n.files, strict=True)]
         file_ids.append(ids)
     await conn.execute(_INSERT_DOCUMENTS, rows)
+    await keys.record(conn, [(n.start.doc.id, {**n.start.doc.metadata,
+                                                **n.start.transition.metadata}) for n in new])
     if file_rows:
         await conn.execute(_INSERT_FILES, file_rows)
     await write_transitions(conn, [n.start for n in new], now, rows_written=True)
@@ -117,6 +120,7 @@ async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWr
     new_jobs: list[dict[str, Any]] = []
     new_events: list[dict[str, Any]] = []
     entries: list[journal.Entry] = []
+    new_keys: list[tuple[str, dict[str, Any]]] = []
     job_ids: list[str | None] = []
     for w in writes:
         doc, transition = w.doc, w.transition
@@ -125,8 +129,11 @@ async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWr
             "run": transition.run, "next_due_at": transition.next_due_at, "updated_at": now,
             "last_error": transition.last_error,
         }
+        if transition.step != doc.step:
+            values["step_since"] = now
         if transition.metadata:
             values["metadata"] = {**doc.metadata, **transition.metadata}
+            new_keys.append((doc.id, transition.metadata))
         if transition.state in RELEASES_KEY:
             values["unique_key"] = None
         updates.setdefault(frozenset(values), []).append(values)
@@ -146,8 +153,10 @@ async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWr
                 "payload": {"id": doc.id, "flow": doc.flow, "entity": w.entity,
                             "state": transition.state, "step": transition.step}})
         entries += transition.journal
-    for rows in () if rows_written else updates.values():
-        await conn.execute(_UPDATE_DOCUMENT, rows)
+    if not rows_written:
+        for rows in updates.values():
+            await conn.execute(_UPDATE_DOCUMENT, rows)
+        await keys.record(conn, new_keys)
     if new_files:
         await conn.execute(_INSERT_FILES, [
             _file_row(new_id(), document_id, f, now) for document_id, f in new_files])

@@ -51,3 +51,8 @@ _PENDING = sa.select(events).where(events.c.published_at.is_(None)).order_by(
     events.c.id).limit(sa.bindparam("limit")).with_for_update(skip_locked=True)
 _PUBLISHED = events.update().where(events.c.id.in_(sa.bindparam("ids", expanding=True))).values(
     published_at=sa.bindparam("now"))
+
+
+async def last_id(conn: AsyncConnection) -> int:
+    """The newest event's id (0 when none): where a page's live stream starts from."""
+    return int(await conn.scalar(sa.select(sa.func.max(events.c.id))) or 0)

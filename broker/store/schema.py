@@ -54,10 +54,14 @@ documents = sa.Table(
     sa.Column("unique_key", sa.String(64), nullable=True),
     # The client's Idempotency-Key: a repeated submission returns the first document.
     sa.Column("submission_key", sa.String(128), nullable=True),
+    # When the document entered its current step: how long it has been there (stuck?).
+    sa.Column("step_since", TIME, nullable=True),
     sa.Index("ix_documents_entity_flow_state", "entity", "flow", "state", "id"),
     sa.Index("ux_documents_unique_key", "entity", "flow", "unique_key", unique=True),
     sa.Index("ux_documents_submission_key", "entity", "submission_key", unique=True),
     sa.Index("ix_documents_state", "state", "id"),
+    sa.Index("ix_documents_state_since", "state", "step_since"),
+    sa.Index("ix_documents_state_updated", "state", "updated_at"),
 )
 
 files = sa.Table(
@@ -103,6 +107,8 @@ jobs = sa.Table(
     sa.Column("created_at", TIME, nullable=False),
     sa.Index("ix_jobs_state_due", "state", "due_at"),
     sa.Index("ix_jobs_document", "document_id"),
+    sa.Index("ix_jobs_connector_finished", "connector", "state", "finished_at"),
+    sa.Index("ix_jobs_finished", "finished_at"),
 )
 
 # State events: written with the change, published by the relay on the events exchange,
@@ -148,4 +154,30 @@ workers = sa.Table(
     sa.Column("connectors", JSON, nullable=False),
     sa.Column("started_at", TIME, nullable=False),
     sa.Column("seen_at", TIME, nullable=False),
+)
+
+# Dashboard sign-ins: the cookie's value is never stored, only its SHA-256 (``id``).
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("token_id", sa.String(26), nullable=False),
+    # Every form of the session carries it; a POST without it is refused.
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", TIME, nullable=False),
+    sa.Column("seen_at", TIME, nullable=False),
+    sa.Column("expires_at", TIME, nullable=False),
+    # Set at sign-out: the cookie is worthless from then on, wherever it went.
+    sa.Column("ended_at", TIME, nullable=True),
+)
+
+# The domain's keys a person looks a document up by (act number, IDActe, NomFic...),
+# copied from its metadata when they are set: one indexed lookup on both databases.
+document_keys = sa.Table(
+    "document_keys",
+    metadata,
+    sa.Column("document_id", sa.String(26), primary_key=True),
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+    sa.Index("ix_document_keys_value", "value"),
 )

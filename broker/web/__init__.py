@@ -1,0 +1,1 @@
+"""The operator dashboard: server-rendered pages served by the API process."""

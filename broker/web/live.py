@@ -1,0 +1,98 @@
+"""Live pages: state events from the transport's events port, fanned out to the open pages
+of this process as server-sent events. One subscription per process, made when the first
+page opens; each page gets only what its session may see, and a session opens a bounded
+number of streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from broker.transport.base import Consumer, Transport
+
+log = structlog.get_logger("demat.web")
+
+PER_SESSION = 4
+PER_PROCESS = 1000
+# Events held for one slow page before it is told to catch up from the store instead.
+BACKLOG = 256
+
+
+@dataclass(eq=False)
+class Stream:
+    session: str
+    entity: str | None  # None: an operator, who sees every entity
+    queue: asyncio.Queue[dict[str, Any] | None] = field(
+        default_factory=lambda: asyncio.Queue(BACKLOG))
+    # Events were dropped for this page: it must reload what it shows.
+    overflowed: bool = False
+
+    def offer(self, event: dict[str, Any]) -> None:
+        if self.entity is not None and event.get("entity") != self.entity:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+    def end(self) -> None:
+        """Close the stream (its session ended)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+
+
+class TooMany(Exception):
+    pass
+
+
+class LiveHub:
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self._streams: set[Stream] = set()
+        self._consumer: Consumer | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    async def open(self, session: str, entity: str | None) -> Stream:
+        if sum(1 for s in self._streams if s.session == session) >= PER_SESSION:
+            raise TooMany(f"at most {PER_SESSION} live pages per session")
+        if len(self._streams) >= PER_PROCESS:
+            raise TooMany("too many live pages on this server")
+        async with self._lock:
+            if self._consumer is None:
+                self._consumer = await self._transport.subscribe("#", self._on_event)
+        stream = Stream(session, entity)
+        self._streams.add(stream)
+        return stream
+
+    def close(self, stream: Stream) -> None:
+        self._streams.discard(stream)
+
+    def end_session(self, session: str) -> None:
+        for stream in [s for s in self._streams if s.session == session]:
+            stream.end()
+
+    async def _on_event(self, routing_key: str, body: bytes) -> None:
+        try:
+            event = json.loads(body)
+        except ValueError:
+            log.warning("unreadable state event", routing_key=routing_key)
+            return
+        if isinstance(event, dict):
+            for stream in list(self._streams):
+                stream.offer(event)
+
+    async def stop(self) -> None:
+        for stream in list(self._streams):
+            stream.end()
+        if self._consumer is not None:
+            await self._consumer.cancel()
+            self._consumer = None

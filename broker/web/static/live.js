@@ -1,0 +1,81 @@
+// Progressive enhancement only: every page works without this script.
+// Live states over server-sent events, and group replays with a progress bar.
+"use strict";
+
+(function () {
+  const status = () => document.getElementById("live-status");
+
+  function say(text) {
+    const s = status();
+    if (s) s.textContent = text;
+  }
+
+  async function refreshDocument(holder) {
+    const answer = await fetch(window.location.href, { credentials: "same-origin" });
+    if (!answer.ok) return;
+    const page = new DOMParser().parseFromString(await answer.text(), "text/html");
+    const fresh = page.getElementById("document-live");
+    if (fresh) holder.replaceChildren(...fresh.childNodes);
+  }
+
+  function onState(event) {
+    const data = JSON.parse(event.data);
+    document.querySelectorAll("[data-state-of]").forEach((el) => {
+      if (el.dataset.stateOf !== data.id) return;
+      el.textContent = data.state_label;
+      el.className = "state state-" + data.state;
+    });
+    const holder = document.getElementById("document-live");
+    if (holder && holder.dataset.document === data.id) {
+      say("Document " + data.id + " : " + data.state_label);
+      refreshDocument(holder);
+    }
+  }
+
+  function startLive() {
+    const body = document.body;
+    if (!body.dataset.live || !window.EventSource) return;
+    const source = new EventSource(body.dataset.live + "?apres=" + (body.dataset.after || "0"));
+    source.addEventListener("state", onState);
+    source.addEventListener("reload", () => {
+      const holder = document.getElementById("document-live");
+      if (holder) refreshDocument(holder);
+      else say("Des mises à jour ont été manquées : rechargez la page.");
+    });
+    source.addEventListener("open", () => { body.dataset.liveOpen = "1"; });
+    source.addEventListener("error", () => { delete body.dataset.liveOpen; });
+    window.addEventListener("pagehide", () => source.close());
+  }
+
+  function replayGroups() {
+    document.querySelectorAll("form.replay-group").forEach((form) => {
+      form.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        const bar = form.querySelector("progress");
+        const text = form.querySelector("output");
+        const button = form.querySelector("button");
+        button.disabled = true;
+        bar.hidden = false;
+        let done = 0;
+        for (;;) {
+          const fields = new FormData(form);
+          fields.set("deja", String(done));
+          const answer = await fetch(form.action, {
+            method: "POST", body: new URLSearchParams(fields), credentials: "same-origin",
+            headers: { Accept: "application/json" },
+          });
+          if (!answer.ok) { text.textContent = "Échec (" + answer.status + ")"; break; }
+          const result = await answer.json();
+          done = result.done;
+          bar.max = done + result.remaining;
+          bar.value = done;
+          text.textContent = done + " rejoué(s), " + result.remaining + " restant(s)";
+          if (!result.remaining || !result.count) break;
+        }
+        button.disabled = false;
+      });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => { startLive(); replayGroups(); });
+})();
