@@ -42,6 +42,7 @@ import aio_pika
 import aiohttp
 import asyncpg
 from children import ROOT, Child
+from live_pages import live_pages
 
 from broker.transport import DEFAULT_PREFIX
 from broker.wiring import catalog
@@ -299,6 +300,7 @@ class Options:
     workers: int
     own_vhost: bool
     timeout: float
+    live_pages: int = 0
 
 
 @dataclass
@@ -423,14 +425,20 @@ async def end_to_end(opts: Options, amqp_url: str, db_url: str, work: Path) -> E
             groups = {c.name: [c.pid] for c in children}
             groups["postgresql (backends, approx.)"] = await postgres_backends(db_url)
             groups["rabbitmq (whole node)"] = beam_pids()
-            meter = CpuMeter(groups)
-            meter.start()
-            started = time.time()
-            await submit_all(url, token, 0, opts.documents, opts.concurrency)
-            submitted = time.time()
-            last = await wait_completed(count, started, opts.documents, opts.timeout)
-            # Connections opened past the pool size are opened and closed as needed.
-            meter.stop({"postgresql (backends, approx.)": await postgres_backends(db_url)})
+            async with live_pages(url, token, opts.live_pages) as pages:
+                meter = CpuMeter(groups)
+                meter.start()
+                started = time.time()
+                await submit_all(url, token, 0, opts.documents, opts.concurrency)
+                submitted = time.time()
+                last = await wait_completed(count, started, opts.documents, opts.timeout)
+                # Connections opened past the pool size are opened and closed as needed.
+                meter.stop({"postgresql (backends, approx.)": await postgres_backends(db_url)})
+                await asyncio.sleep(1.0)  # the last events reach the pages
+            if pages.events:
+                setup.append(f"live pages: {len(pages.events)} open through the run, state "
+                             f"events received per page: min {min(pages.events)}, "
+                             f"max {max(pages.events)}")
         stats = await gf_stats(gf_url)
         expected = opts.documents + WARMUP
         if stats["received"] != expected or stats["duplicates"] != 0:
@@ -536,6 +544,10 @@ def parse(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="longest wait for completion (s)"
     )
+    parser.add_argument(
+        "--live-pages", type=int, default=0,
+        help="dashboard pages listening live (signed in, server-sent events) during the run",
+    )
     args = parser.parse_args(argv)
     if args.sqlite and args.database_url:
         parser.error("--sqlite and --database-url exclude each other")
@@ -551,6 +563,7 @@ def parse(argv: list[str] | None) -> Options:
         workers=args.workers,
         own_vhost=not args.no_vhost,
         timeout=args.timeout,
+        live_pages=args.live_pages,
     )
 
 

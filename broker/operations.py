@@ -4,14 +4,14 @@ and asking for an entity's classification to be fetched again."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from broker import accounts
 from broker import engine as eng
 from broker.accounts import Principal
 from broker.errors import ServiceError, not_found
-from broker.flows.base import Problem
+from broker.flows.base import Flow, Problem
 from broker.intake import Submitted, submit
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
@@ -37,6 +37,21 @@ async def refresh_classification(rt: Runtime, who: Principal, entity: str,
             raise not_found(f"entity {entity}")
     return await submit(rt, who, flow.classification_by, entity,
                         json.dumps({"of": flow_name}), [])
+
+
+def allowed(flow: Flow | None, state: str, metadata: Mapping[str, Any],
+            who: Principal) -> list[str]:
+    """The actions a document's state allows this principal (what ``_operate`` accepts)."""
+    found = []
+    if state == eng.FAILED:
+        found.append("replay" if who.is_operator else "retry")
+    elif state in (eng.QUEUED, eng.WAITING, eng.RETRYING):
+        found.append("retry")
+    if state not in eng.TERMINAL:
+        found.append("cancel")
+    if state == eng.COMPLETED and flow is not None:
+        found += [action for action, (_step, needs) in flow.actions.items() if needs in metadata]
+    return found
 
 
 async def _operate(rt: Runtime, who: Principal, document_id: str, action: str) -> dict[str, Any]:
@@ -79,20 +94,22 @@ async def cancel(rt: Runtime, who: Principal, document_id: str) -> dict[str, Any
 async def replay(rt: Runtime, who: Principal, *, ids: Sequence[str] = (),
                  entity: str | None = None, flow: str | None = None, step: str | None = None,
                  error: str | None = None, all_parked: bool = False,
-                 limit: int = 100) -> dict[str, Any]:
-    """Replay parked documents: by id, by filter, or all, at most ``limit`` at a time."""
+                 limit: int = 100, group: reads.Group | None = None) -> dict[str, Any]:
+    """Replay parked documents: by id, by filter, by exact group, or all, at most ``limit``
+    at a time."""
     if not who.is_operator:
         raise ServiceError(403, "only operators may replay parked documents")
     if not 1 <= limit <= MAX_REPLAY_BATCH:
         raise ServiceError(422, f"limit must be between 1 and {MAX_REPLAY_BATCH}",
                            [Problem("limit", f"between 1 and {MAX_REPLAY_BATCH}")])
-    filtered = any((entity, flow, step, error))
+    filtered = any((entity, flow, step, error, group))
     if not ids and not filtered and not all_parked:
         raise ServiceError(422, "say what to replay: ids, a filter (entity, flow, step, error) "
                            "or all=true", [Problem("body", "nothing selected")])
     async with rt.db.connect() as conn:
         chosen, remaining = await reads.parked_ids(conn, limit=limit, ids=ids, entity=entity,
-                                                   flow=flow, step=step, error=error)
+                                                   flow=flow, step=step, error=error,
+                                                   group=group)
     replayed = []
     for document_id in chosen:
         try:

@@ -74,7 +74,12 @@ class Settings(BaseSettings):
     # Dashboard: how long a sign-in lasts, and whether the site is served over TLS (a
     # proxy in front): then its cookie is Secure even if the proxy talks plain HTTP to it.
     session_lifetime: str = "12h"
+    # A session unused this long ends.
+    session_idle: str = "2h"
     behind_tls: bool = False
+    # The dashboard's address as browsers reach it (e.g. https://demat.example.fr) when a
+    # proxy changes the Host header: forms must come from it.
+    public_url: str | None = None
     # A document in one step longer than this is shown stuck: per "flow.step", then for
     # any other step.
     stuck_after: str = ("actes.sign=10d,helios.sign=10d,actes.transmit=2d,actes.cancel=2d,"

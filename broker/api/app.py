@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import structlog
 from aiohttp import web
@@ -25,7 +24,7 @@ from broker.metrics import DOCUMENTS_BY_STATE, INTAKE_REFUSED
 from broker.multipart import MultipartReader
 from broker.runtime import Runtime
 from broker.sniff import sniff
-from broker.store import documents as docs
+from broker.store import dashboard as board
 from broker.store.db import ping
 from broker.store.outage import is_outage
 from broker.ttlcache import TtlCache
@@ -186,13 +185,8 @@ async def list_documents(request: web.Request) -> web.Response:
 
 
 async def get_file(request: web.Request) -> web.StreamResponse:
-    rt = _rt(request)
-    row = await views.file_of(rt, _who(request), request.match_info["id"],
+    return await views.download(_rt(request), _who(request), request.match_info["id"],
                                 request.match_info["file_id"])
-    return web.FileResponse(rt.blobs.path(row.sha256), headers={
-        "Content-Type": row.content_type,
-        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(row.name, safe='')}",
-        "Digest": f"sha-256={row.sha256}"})
 
 
 async def get_journal(request: web.Request) -> web.Response:
@@ -319,7 +313,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     async with _rt(request).db.connect() as conn:
-        counts = await docs.counts_by_flow_and_state(conn)
+        counts = await board.counts(conn, None)
     DOCUMENTS_BY_STATE.clear()
     for flow, state, count in counts:
         DOCUMENTS_BY_STATE.labels(flow, state).set(count)

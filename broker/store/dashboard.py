@@ -152,6 +152,16 @@ async def health(conn: AsyncConnection, connectors: Sequence[str], entity: str |
     return found
 
 
+async def latest_change(conn: AsyncConnection, entity: str) -> Row | None:
+    """The entity's document that changed last (its last activity)."""
+    return (await conn.execute(sa.select(documents).where(documents.c.entity == entity)
+                               .order_by(documents.c.updated_at.desc()).limit(1))).first()
+
+
+# A search's state: any active one.
+ACTIVE = "actifs"
+
+
 @dataclass(frozen=True)
 class Search:
     entity: str | None = None
@@ -172,16 +182,20 @@ async def search(conn: AsyncConnection, s: Search, *, limit: int,
     """Documents matching ``s``, ``limit + 1`` at most, continuing after the id ``after``."""
     query = sa.select(documents)
     for column, value in ((documents.c.entity, s.entity), (documents.c.flow, s.flow),
-                          (documents.c.state, s.state), (documents.c.step, s.step)):
+                          (documents.c.step, s.step)):
         if value:
             query = query.where(column == value)
+    if s.state == ACTIVE:
+        query = query.where(documents.c.state.in_(sorted(eng.ACTIVE)))
+    elif s.state:
+        query = query.where(documents.c.state == s.state)
     if s.since is not None:
         query = query.where(documents.c.created_at >= s.since)
     if s.until is not None:
         query = query.where(documents.c.created_at < s.until)
     if s.ref:
-        ids = await documents_with(conn, s.ref)
-        query = query.where(documents.c.id.in_([s.ref, *ids]))
+        query = query.where(sa.or_(documents.c.id == s.ref,
+                                   documents.c.id.in_(documents_with(s.ref))))
     newest_first = s.order != "old"
     if after:
         query = query.where(documents.c.id < after if newest_first else documents.c.id > after)

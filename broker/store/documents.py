@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import journal
-from broker.engine import CANCELLED, REJECTED, Doc, Job, Transition
+from broker.engine import CANCELLED, FAILED, REJECTED, Doc, Job, Transition
 from broker.ids import new_id
 from broker.store import journal as stored_journal
 from broker.store import keys
@@ -74,7 +74,8 @@ async def insert_documents(conn: AsyncConnection, new: Sequence[NewDocument],
         file_ids.append(ids)
     await conn.execute(_INSERT_DOCUMENTS, rows)
     await keys.record(conn, [(n.start.doc.id, {**n.start.doc.metadata,
-                                                **n.start.transition.metadata}) for n in new])
+                                                **n.start.transition.metadata}) for n in new],
+                      replace=False)
     if file_rows:
         await conn.execute(_INSERT_FILES, file_rows)
     await write_transitions(conn, [n.start for n in new], now, rows_written=True)
@@ -115,7 +116,10 @@ async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWr
     Two writes for one document apply in order (the later one wins on the row).
     ``rows_written``: the document rows already hold the new state (intake).
     """
-    updates: dict[frozenset[str], list[dict[str, Any]]] = {}
+    # Rows of one key set go in one executemany; a document written again under another key
+    # set starts a new round, so each document's writes apply in order.
+    rounds: list[dict[frozenset[str], list[dict[str, Any]]]] = [{}]
+    placed: dict[str, frozenset[str]] = {}
     new_files: list[tuple[str, StoredFile]] = []
     new_jobs: list[dict[str, Any]] = []
     new_events: list[dict[str, Any]] = []
@@ -127,16 +131,19 @@ async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWr
         values: dict[str, Any] = {
             "_id": doc.id, "state": transition.state, "step": transition.step,
             "run": transition.run, "next_due_at": transition.next_due_at, "updated_at": now,
-            "last_error": transition.last_error,
+            "last_error": transition.last_error, "_step": transition.step, "_now": now,
         }
-        if transition.step != doc.step:
-            values["step_since"] = now
         if transition.metadata:
             values["metadata"] = {**doc.metadata, **transition.metadata}
             new_keys.append((doc.id, transition.metadata))
         if transition.state in RELEASES_KEY:
             values["unique_key"] = None
-        updates.setdefault(frozenset(values), []).append(values)
+        keyset = frozenset(values)
+        if placed.get(doc.id, keyset) != keyset:
+            rounds.append({})
+            placed.clear()
+        placed[doc.id] = keyset
+        rounds[-1].setdefault(keyset, []).append(values)
         new_files += [(doc.id, f) for f in w.produced]
         job_id = None
         if nxt := transition.next_job:
@@ -154,8 +161,9 @@ async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWr
                             "state": transition.state, "step": transition.step}})
         entries += transition.journal
     if not rows_written:
-        for rows in updates.values():
-            await conn.execute(_UPDATE_DOCUMENT, rows)
+        for updates in rounds:
+            for rows in updates.values():
+                await conn.execute(_UPDATE_DOCUMENT, rows)
         await keys.record(conn, new_keys)
     if new_files:
         await conn.execute(_INSERT_FILES, [
@@ -169,7 +177,12 @@ async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWr
 
 
 # Built once: a statement's construction and cache key cost as much as running it.
-_UPDATE_DOCUMENT = documents.update().where(documents.c.id == sa.bindparam("_id"))
+# A document enters its step when the step changes or when it leaves parking (replayed):
+# decided from the row as it was, so every write has the same keys.
+_UPDATE_DOCUMENT = documents.update().where(documents.c.id == sa.bindparam("_id")).values(
+    step_since=sa.case((sa.or_(documents.c.step.is_distinct_from(sa.bindparam("_step")),
+                               documents.c.state == FAILED), sa.bindparam("_now")),
+                       else_=documents.c.step_since))
 _INSERT_DOCUMENTS = documents.insert()
 _INSERT_FILES = files.insert()
 _INSERT_JOBS = jobs.insert()
@@ -225,12 +238,6 @@ async def set_ref(conn: AsyncConnection, document_id: str, key: str, value: str)
         return
     await conn.execute(documents.update().where(documents.c.id == document_id).values(
         refs={**row.refs, key: value}))
-
-
-async def counts_by_flow_and_state(conn: AsyncConnection) -> list[tuple[str, str, int]]:
-    rows = await conn.execute(sa.select(documents.c.flow, documents.c.state, sa.func.count())
-                              .group_by(documents.c.flow, documents.c.state))
-    return [(flow, state, int(count)) for flow, state, count in rows]
 
 
 async def with_unique_key(conn: AsyncConnection, entity: str, flow: str, key: str) -> str | None:

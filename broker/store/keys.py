@@ -10,9 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker.store.schema import document_keys
 
-# Metadata names whose values are indexed: act number, IDActe, a PES's NomFic, an
-# invoice's number.
-SEARCH_KEYS = ("numero", "id_acte", "nom_fic", "numero_facture")
+# Metadata names whose values are indexed, in the order a document's reference is read:
+# IDActe, act number, a PES's NomFic, an invoice's number.
+SEARCH_KEYS = ("id_acte", "numero", "nom_fic", "numero_facture")
 MAX_VALUE = 255
 
 
@@ -23,20 +23,30 @@ def key_values(metadata: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
             yield name, str(value)[:MAX_VALUE]
 
 
-async def record(conn: AsyncConnection, found: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
-    """Index the keys of ``(document id, metadata)`` pairs (new ones, or newly set)."""
-    rows = [{"document_id": doc_id, "name": name, "value": value}
-            for doc_id, metadata in found for name, value in key_values(metadata)]
-    if not rows:
+def reference(metadata: Mapping[str, Any]) -> str:
+    """What a person calls the document: its IDActe, act number, NomFic or invoice number."""
+    return next((value for _name, value in key_values(metadata)), "")
+
+
+async def record(conn: AsyncConnection, found: Sequence[tuple[str, Mapping[str, Any]]], *,
+                 replace: bool = True) -> None:
+    """Index the keys of ``(document id, metadata)`` pairs: new documents (``replace`` off),
+    or metadata changed; a later pair for the same document wins."""
+    latest: dict[tuple[str, str], str | None] = {}
+    for doc_id, metadata in found:
+        latest.update({(doc_id, name): None for name in SEARCH_KEYS if name in metadata})
+        latest.update({(doc_id, name): value for name, value in key_values(metadata)})
+    if not latest:
         return
-    pairs = [(r["document_id"], r["name"]) for r in rows]
-    # A key set again (a new IDActe after a cancellation...) replaces the old value.
-    await conn.execute(document_keys.delete().where(
-        sa.tuple_(document_keys.c.document_id, document_keys.c.name).in_(pairs)))
-    await conn.execute(document_keys.insert(), rows)
+    if replace:  # a key set again replaces its value; a key cleared is forgotten
+        await conn.execute(document_keys.delete().where(
+            sa.tuple_(document_keys.c.document_id, document_keys.c.name).in_(list(latest))))
+    rows = [{"document_id": d, "name": n, "value": v} for (d, n), v in latest.items() if v]
+    if rows:
+        await conn.execute(document_keys.insert(), rows)
 
 
-async def documents_with(conn: AsyncConnection, value: str) -> list[str]:
-    """Ids of the documents holding ``value`` under one of the keys."""
-    return list((await conn.scalars(sa.select(document_keys.c.document_id).where(
-        document_keys.c.value == value[:MAX_VALUE]).distinct())).all())
+def documents_with(value: str) -> sa.Select[Any]:
+    """The ids of the documents holding ``value`` under one of the keys (a subquery)."""
+    return sa.select(document_keys.c.document_id).where(
+        document_keys.c.value == value[:MAX_VALUE])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -46,8 +47,19 @@ async def documents_page(conn: AsyncConnection, *, limit: int, entity: str | Non
     return list((await conn.execute(query)).all())
 
 
+@dataclass(frozen=True)
+class Group:
+    """Parked documents as the dashboard groups them: exactly this flow, step and error,
+    parked no later than ``until`` (what the page showed, not what failed since)."""
+
+    flow: str
+    step: str | None
+    error: str
+    until: float
+
+
 def _parked(entity: str | None, flow: str | None, step: str | None,
-            error: str | None) -> sa.Select[Any]:
+            error: str | None, group: Group | None = None) -> sa.Select[Any]:
     query = sa.select(documents).where(documents.c.state == eng.FAILED)
     for column, value in ((documents.c.entity, entity), (documents.c.flow, flow),
                           (documents.c.step, step)):
@@ -55,6 +67,12 @@ def _parked(entity: str | None, flow: str | None, step: str | None,
             query = query.where(column == value)
     if error:
         query = query.where(documents.c.last_error.contains(error, autoescape=True))
+    if group is not None:
+        query = query.where(
+            documents.c.flow == group.flow,
+            documents.c.step == group.step if group.step else documents.c.step.is_(None),
+            sa.func.coalesce(documents.c.last_error, "") == group.error,
+            documents.c.updated_at <= group.until)
     return query
 
 
@@ -76,9 +94,10 @@ async def parked_page(conn: AsyncConnection, *, limit: int, entity: str | None =
 
 async def parked_ids(conn: AsyncConnection, *, limit: int, ids: Sequence[str] = (),
                      entity: str | None = None, flow: str | None = None,
-                     step: str | None = None, error: str | None = None) -> tuple[list[str], int]:
+                     step: str | None = None, error: str | None = None,
+                     group: Group | None = None) -> tuple[list[str], int]:
     """Up to ``limit`` parked documents matching, oldest first, and how many more match."""
-    query = _parked(entity, flow, step, error).order_by(documents.c.id)
+    query = _parked(entity, flow, step, error, group).order_by(documents.c.id)
     if ids:
         query = query.where(documents.c.id.in_(list(ids)))
     chosen = [r.id for r in (await conn.execute(query.limit(limit))).all()]

@@ -17,9 +17,12 @@ async def insert(conn: AsyncConnection, session_hash: str, token_id: str, csrf: 
         expires_at=expires_at))
 
 
-async def live(conn: AsyncConnection, session_hash: str, now: float) -> Any | None:
-    """The session with its token's role and entity; None once ended, expired or revoked."""
-    return (await conn.execute(_LIVE, {"id": session_hash, "now": now})).first()
+async def live(conn: AsyncConnection, session_hash: str, now: float,
+               idle_since: float) -> Any | None:
+    """The session with its token's role and entity; None once ended, expired, unused since
+    ``idle_since``, or its token revoked."""
+    return (await conn.execute(_LIVE, {"id": session_hash, "now": now,
+                                       "idle": idle_since})).first()
 
 
 async def touch(conn: AsyncConnection, session_hash: str, now: float) -> None:
@@ -40,7 +43,8 @@ async def prune(conn: AsyncConnection, before: float) -> None:
         sessions.c.expires_at < before, sessions.c.ended_at < before)))
 
 
-_LIVE = sa.select(sessions, tokens.c.role, tokens.c.entity, tokens.c.label).join(
+_LIVE = sa.select(sessions, tokens.c.role, tokens.c.entity).join(
     tokens, tokens.c.id == sessions.c.token_id).where(
     sessions.c.id == sa.bindparam("id"), sessions.c.ended_at.is_(None),
-    sessions.c.expires_at > sa.bindparam("now"), tokens.c.revoked_at.is_(None))
+    sessions.c.expires_at > sa.bindparam("now"), sessions.c.seen_at > sa.bindparam("idle"),
+    tokens.c.revoked_at.is_(None))

@@ -216,6 +216,18 @@ class AmqpTransport(QueueNames):
             and not channel.is_closed
         )
 
+    async def depth(self, queue: str) -> int | None:
+        connection = self._connection
+        if connection is None or not connection.connected.is_set():
+            return None
+        try:
+            # A channel of its own: a passive declare of a missing queue closes it.
+            async with connection.channel() as channel:
+                declared = await channel.declare_queue(queue, passive=True)
+        except (*CONNECTION_EXCEPTIONS, aio_pika.exceptions.AMQPError):
+            return None
+        return declared.declaration_result.message_count
+
     def _publisher(self) -> AbstractRobustChannel:
         if self._channel is None:
             raise TransportError("amqp transport is not started")

@@ -131,6 +131,10 @@ class Transport(Protocol):
     async def ready(self) -> bool:
         """True when the transport can publish now."""
 
+    async def depth(self, queue: str) -> int | None:
+        """Messages waiting on ``queue`` (deliveries in flight excluded); None when the
+        queue does not exist or the broker does not answer."""
+
 
 class QueueNames:
     """The names every adapter derives from its prefix."""

@@ -100,6 +100,10 @@ class EmbeddedTransport(QueueNames):
     async def ready(self) -> bool:
         return self._open
 
+    async def depth(self, queue: str) -> int | None:
+        queued = self._queues.get(queue) if self._open else None
+        return None if queued is None else queued.qsize()
+
     def queue_size(self, queue: str) -> int:
         """Messages waiting on ``queue``, deliveries in flight excluded."""
         return self._existing(queue, TransportError).qsize()

@@ -29,7 +29,7 @@ def percent(rate: float | None) -> str:
     return "—" if rate is None else f"{rate * 100:.1f} %".replace(".", ",")
 
 
-def bars(title: str, data: Sequence[Bar], *, every: int = 1) -> str:
+def bars(title: str, data: Sequence[Bar], *, every: int = 1, key: str = "chart") -> str:
     """Stacked bars (ended well below, ended in error hatched above) with a label every
     ``every`` bars; the SVG's title and each bar's title say the figures."""
     top = max([b.total for b in data] + [1])
@@ -40,7 +40,7 @@ def bars(title: str, data: Sequence[Bar], *, every: int = 1) -> str:
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
         f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
         f"<title>{escape(title)}</title>",
-        '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+        f'<defs><pattern id="{key}-hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
         'patternTransform="rotate(45)"><rect width="6" height="6" class="err-bg"/>'
         '<line x1="0" y1="0" x2="0" y2="6" class="err-line"/></pattern></defs>',
         f'<text x="0" y="12" class="axis">{top}</text>',
@@ -58,7 +58,7 @@ def bars(title: str, data: Sequence[Bar], *, every: int = 1) -> str:
                          f'height="{ok_h:.1f}" class="ok"/>')
         if b.errors:
             parts.append(f'<rect x="{x:.1f}" y="{plot - ok_h - err_h:.1f}" '
-                         f'width="{width:.1f}" height="{err_h:.1f}" fill="url(#hatch)" '
+                         f'width="{width:.1f}" height="{err_h:.1f}" fill="url(#{key}-hatch)" '
                          'class="err"/>')
         parts.append("</g>")
         if i % every == 0:

@@ -4,6 +4,7 @@ errors shown as pages."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode, urlsplit
 
@@ -22,6 +23,7 @@ log = structlog.get_logger("demat.web")
 RUNTIME_KEY = web.AppKey("dashboard_runtime", Runtime)
 HUB = web.AppKey("live_hub", LiveHub)
 SESSION = web.RequestKey("dashboard_session", Session)
+STARTED = web.RequestKey("dashboard_started", float)
 FORM = web.RequestKey("dashboard_form", MultiDictProxy[str])
 PREFIX = "/ui"
 # Reached without a session.
@@ -61,14 +63,24 @@ async def form(request: web.Request) -> MultiDictProxy[str]:
     return found
 
 
-def _same_origin(request: web.Request) -> bool:
-    origin = request.headers.get("Origin")
-    if origin is None:  # browsers send it on POST; a form from elsewhere carries its own
-        referer = request.headers.get("Referer")
-        if referer is None:
-            return True
-        origin = f"{urlsplit(referer).scheme}://{urlsplit(referer).netloc}"
-    return urlsplit(origin).netloc == request.host
+def _same_origin(request: web.Request, *, required: bool) -> bool:
+    """The form was sent by a page of this site: its Origin (or Referer) is this site's
+    public origin (``DEMAT_PUBLIC_URL``, or the scheme and host the request came to)."""
+    sent = request.headers.get("Origin") or request.headers.get("Referer")
+    if sent is None or sent == "null":
+        # Browsers send Origin on every POST; without one only the CSRF token vouches, and
+        # the sign-in form has none to check.
+        return not required
+    rt = request.app[RUNTIME_KEY]
+    public = rt.settings.public_url
+    if public:
+        wanted = urlsplit(public)
+        expected = (wanted.scheme, wanted.netloc)
+    else:
+        scheme = "https" if rt.settings.behind_tls or request.secure else "http"
+        expected = (scheme, request.host)
+    parts = urlsplit(sent)
+    return (parts.scheme, parts.netloc) == expected
 
 
 def _error(request: web.Request, status: int, message: str) -> web.Response:
@@ -83,28 +95,35 @@ async def dashboard(request: web.Request, handler: Handler) -> web.StreamRespons
     path = request.path
     if path != "/" and path != PREFIX and not path.startswith(PREFIX + "/"):
         return await handler(request)
+    started = time.perf_counter()
+    request[STARTED] = started
     try:
-        response = await _guarded(request, handler)
-    except web.HTTPException as exc:  # redirects
-        _secured(exc)
-        raise
+        return await _guarded(request, handler)
     except ServiceError as exc:
-        response = _error(request, exc.status, exc.message)
-    if not response.prepared:
-        _secured(response)
-    return response
+        return _error(request, exc.status, exc.message)
 
 
-def _secured(response: web.StreamResponse) -> None:
+async def secured(request: web.Request, response: web.StreamResponse) -> None:
+    """Every dashboard answer, streamed ones included, as its headers go out: the security
+    headers, no caching but for the static files (their URLs change with their content),
+    and the time the server took (``Server-Timing``)."""
+    path = request.path
+    if path != "/" and path != PREFIX and not path.startswith(PREFIX + "/"):
+        return
     response.headers.update(HEADERS)
-    response.headers.setdefault("Cache-Control", "no-store")
+    if path.startswith(PREFIX + "/static/"):
+        response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    else:
+        response.headers["Cache-Control"] = "no-store"
+    if (started := request.get(STARTED)) is not None:
+        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
 
 
 async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
     if path == "/" or path.startswith(PREFIX + "/static/"):
         return await handler(request)
-    if request.method == "POST" and not _same_origin(request):
+    if request.method == "POST" and not _same_origin(request, required=path in OPEN):
         log.warning("cross-site form refused", path=path, origin=request.headers.get("Origin"))
         raise ServiceError(403, "formulaire venu d'un autre site : refusé")
     session = await current(request.app[RUNTIME_KEY], request)

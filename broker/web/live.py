@@ -6,7 +6,6 @@ number of streams."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,11 @@ from broker.transport.base import Consumer, Transport
 
 log = structlog.get_logger("demat.web")
 
+# Streams a session (a browser) and a token (all its sessions) hold at once: a new page
+# past the bound ends the oldest one (a closed tab is only noticed at its next write).
 PER_SESSION = 4
+PER_TOKEN = 32
+# Past this the server refuses new streams.
 PER_PROCESS = 1000
 # Events held for one slow page before it is told to catch up from the store instead.
 BACKLOG = 256
@@ -26,6 +29,7 @@ BACKLOG = 256
 @dataclass(eq=False)
 class Stream:
     session: str
+    token: str
     entity: str | None  # None: an operator, who sees every entity
     queue: asyncio.Queue[dict[str, Any] | None] = field(
         default_factory=lambda: asyncio.Queue(BACKLOG))
@@ -41,9 +45,11 @@ class Stream:
             self.overflowed = True
 
     def end(self) -> None:
-        """Close the stream (its session ended)."""
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(None)
+        """Close the stream (its session ended, or a newer page took its place): what it
+        had not sent yet is dropped, so the end always finds room."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
 
 
 class TooMany(Exception):
@@ -53,7 +59,8 @@ class TooMany(Exception):
 class LiveHub:
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
-        self._streams: set[Stream] = set()
+        # Insertion-ordered: the oldest stream first.
+        self._streams: dict[Stream, None] = {}
         self._consumer: Consumer | None = None
         self._lock = asyncio.Lock()
 
@@ -61,20 +68,24 @@ class LiveHub:
     def open_streams(self) -> int:
         return len(self._streams)
 
-    async def open(self, session: str, entity: str | None) -> Stream:
-        if sum(1 for s in self._streams if s.session == session) >= PER_SESSION:
-            raise TooMany(f"at most {PER_SESSION} live pages per session")
+    async def open(self, session: str, token: str, entity: str | None) -> Stream:
+        for held, bound in (([s for s in self._streams if s.session == session], PER_SESSION),
+                            ([s for s in self._streams if s.token == token], PER_TOKEN)):
+            # ``held`` is oldest first: the streams are kept in the order they opened.
+            for oldest in held[:max(0, len(held) - bound + 1)]:
+                self.close(oldest)
+                oldest.end()
         if len(self._streams) >= PER_PROCESS:
             raise TooMany("too many live pages on this server")
         async with self._lock:
             if self._consumer is None:
                 self._consumer = await self._transport.subscribe("#", self._on_event)
-        stream = Stream(session, entity)
-        self._streams.add(stream)
+        stream = Stream(session, token, entity)
+        self._streams[stream] = None
         return stream
 
     def close(self, stream: Stream) -> None:
-        self._streams.discard(stream)
+        self._streams.pop(stream, None)
 
     def end_session(self, session: str) -> None:
         for stream in [s for s in self._streams if s.session == session]:

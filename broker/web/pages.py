@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -24,10 +24,12 @@ from broker.errors import ServiceError
 from broker.runtime import Runtime
 from broker.store import dashboard as board
 from broker.store import events as stored_events
+from broker.store.keys import reference
+from broker.store.reads import Group
 from broker.web import charts, labels
 from broker.web.guard import RUNTIME_KEY, SESSION, form, hub, session_of
 from broker.web.live import TooMany
-from broker.web.session import Failures, clear_cookie, set_cookie, sign_in, sign_out
+from broker.web.session import Failures, clear_cookie, current, set_cookie, sign_in, sign_out
 
 PAGE = 50
 CSV_BATCH = 500
@@ -79,7 +81,7 @@ async def sign_in_post(request: web.Request) -> web.Response:
     if failures.blocked(client):
         return _page(request, "connexion.html", {"next": target, "error": (
             "Trop d'essais manqués : réessayez dans une minute.")}, status=429)
-    opened = await sign_in(rt, (data.get("jeton") or "").strip())
+    opened = await sign_in(rt, (data.get("jeton") or "").strip(), request.get(SESSION))
     if opened is None:
         failures.failed(client)
         return _page(request, "connexion.html", {"next": target, "error": (
@@ -103,17 +105,26 @@ async def sign_out_post(request: web.Request) -> web.Response:
 
 # --- overview --------------------------------------------------------------------------
 
-def _activity(found: list[tuple[int, str, int]], count: int,
-              name: Any) -> list[charts.Bar]:
-    ok = [0] * count
-    bad = [0] * count
-    for bucket, state, n in found:
-        if 0 <= bucket < count:
-            if state in (eng.REJECTED, eng.FAILED):
-                bad[bucket] += n
-            else:
-                ok[bucket] += n
-    return [charts.Bar(name(i), ok[i], bad[i]) for i in range(count)]
+def activity(hours: list[tuple[int, str, int]], start: float, now: float
+             ) -> tuple[list[charts.Bar], list[charts.Bar]]:
+    """The last 24 hours and the last 30 days (Paris days, whatever the clock changes in
+    between) from documents ended per hour since ``start`` (a Paris midnight)."""
+    first_hour = now - now % 3600 - 23 * 3600
+    today = datetime.fromtimestamp(now, labels.PARIS).date()
+    days = [today - timedelta(days=29 - i) for i in range(30)]
+    per_hour: dict[int, list[int]] = {}
+    per_day: dict[Any, list[int]] = {d: [0, 0] for d in days}
+    for bucket, state, n in hours:
+        at = start + bucket * 3600
+        bad = 1 if state in (eng.REJECTED, eng.FAILED) else 0
+        per_hour.setdefault(int((at - first_hour) // 3600), [0, 0])[bad] += n
+        day = datetime.fromtimestamp(at, labels.PARIS).date()
+        if day in per_day:
+            per_day[day][bad] += n
+    by_hour = [charts.Bar(labels.when(first_hour + i * 3600)[11:13] + " h",
+                          *per_hour.get(i, [0, 0])) for i in range(24)]
+    by_day = [charts.Bar(d.strftime("%d/%m"), *per_day[d]) for d in days]
+    return by_hour, by_day
 
 
 async def overview(request: web.Request) -> web.Response:
@@ -121,15 +132,13 @@ async def overview(request: web.Request) -> web.Response:
     who = session_of(request).who
     entity = None if who.is_operator else who.entity
     t = time.time()
-    hour_start = t - t % 3600 - 23 * 3600
     day = datetime.fromtimestamp(t, labels.PARIS).replace(hour=0, minute=0, second=0,
                                                           microsecond=0)
     day_start = (day - timedelta(days=29)).timestamp()
     settings = rt.settings
     async with rt.db.connect() as conn:
         counts = await board.counts(conn, entity)
-        hours = await board.finished(conn, entity, hour_start, 3600)
-        days = await board.finished(conn, entity, day_start, 86_400)
+        hours = await board.finished(conn, entity, day_start, 3600)
         stuck, stuck_total = await board.stuck(
             conn, entity, settings.stuck_limits, settings.seconds("stuck_default"), t, SHOWN)
         waiting = await board.waiting(conn, entity)
@@ -140,15 +149,14 @@ async def overview(request: web.Request) -> web.Response:
     table: dict[str, dict[str, int]] = {}
     for flow, state, n in counts:
         table.setdefault(flow, {})[state] = n
-    by_hour = _activity(hours, 24, lambda i: labels.when(hour_start + i * 3600)[11:13] + " h")
-    by_day = _activity(days, 30, lambda i: labels.when(day_start + i * 86_400 + 7200)[:5])
+    by_hour, by_day = activity(hours, day_start, t)
     depths = await _depths(rt)
     return _page(request, "overview.html", {
         "table": table, "state_order": _STATE_ORDER,
         "hours_svg": Markup(charts.bars("Documents terminés par heure, 24 dernières heures",
-                                        by_hour, every=3)),
+                                        by_hour, every=3, key="hours")),
         "days_svg": Markup(charts.bars("Documents terminés par jour, 30 derniers jours",
-                                       by_day, every=5)),
+                                       by_day, every=5, key="days")),
         "by_hour": by_hour, "by_day": by_day, "percent": charts.percent,
         "day_total": _sum(by_hour), "month_total": _sum(by_day),
         "stuck": stuck, "stuck_total": stuck_total, "limit_of": _limit_of(rt),
@@ -171,14 +179,12 @@ def _limit_of(rt: Runtime) -> Any:
 
 async def _depths(rt: Runtime) -> dict[str, int | None]:
     """Messages waiting in each connector's work queue (what the transport can tell)."""
-    depth = getattr(rt.transport, "depth", None)
-    if depth is None:
-        return {}
     found: dict[str, int | None] = {}
     for name in sorted(rt.connectors):
         try:
-            found[name] = await asyncio.wait_for(depth(rt.transport.work_queue(name)), 2.0)
-        except Exception:  # a health page must render when the broker does not answer
+            found[name] = await asyncio.wait_for(
+                rt.transport.depth(rt.transport.work_queue(name)), 2.0)
+        except TimeoutError:  # the page renders while the broker does not answer
             found[name] = None
     return found
 
@@ -202,7 +208,7 @@ def _search_of(request: web.Request) -> tuple[board.Search, dict[str, str], list
         problems.append(f"Flux : « {flow} » n'existe pas ({', '.join(sorted(rt.flows))}).")
         flow = None
     state = q.get("etat")
-    if state and state not in eng.STATES:
+    if state and state not in eng.STATES and state != board.ACTIVE:
         problems.append(f"État : « {state} » n'existe pas.")
         state = None
     dates: dict[str, float | None] = {}
@@ -241,11 +247,10 @@ CSV_COLUMNS = ["id", "flux", "entite", "etat", "etape", "essai", "reference", "c
                "modifie_le", "derniere_erreur"]
 
 
-def _reference(metadata: Mapping[str, Any]) -> str:
-    for key in ("id_acte", "numero", "nom_fic", "numero_facture"):
-        if metadata.get(key):
-            return str(metadata[key])
-    return ""
+def _cell(value: object) -> str:
+    """A CSV cell a spreadsheet shows as text: one that would start a formula is quoted."""
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 async def documents_csv(request: web.Request) -> web.StreamResponse:
@@ -266,9 +271,9 @@ async def documents_csv(request: web.Request) -> web.StreamResponse:
         async with rt.db.connect() as conn:
             rows = await board.search(conn, search, limit=CSV_BATCH, after=after)
         for r in rows[:CSV_BATCH]:
-            out.writerow([r.id, r.flow, r.entity, r.state, r.step or "", r.run,
-                          _reference(r.metadata), labels.iso(r.created_at),
-                          labels.iso(r.updated_at), r.last_error or ""])
+            out.writerow([_cell(v) for v in (
+                r.id, r.flow, r.entity, r.state, r.step or "", r.run, reference(r.metadata),
+                labels.iso(r.created_at), labels.iso(r.updated_at), r.last_error or "")])
         await response.write(buffer.getvalue().encode())
         buffer.seek(0)
         buffer.truncate()
@@ -281,21 +286,9 @@ async def documents_csv(request: web.Request) -> web.StreamResponse:
 
 # --- one document ----------------------------------------------------------------------
 
-def _allowed(rt: Runtime, row: Any) -> list[str]:
-    """The actions the document's state allows (what the engine would accept)."""
-    found = []
-    if row.state == eng.FAILED:
-        found.append("replay")
-    elif row.state in (eng.QUEUED, eng.WAITING, eng.RETRYING):
-        found.append("retry")
-    if row.state not in eng.TERMINAL:
-        found.append("cancel")
-    if row.state == eng.COMPLETED:
-        flow = rt.flows.get(row.flow)
-        for action, (_step, needs) in (flow.actions.items() if flow else ()):
-            if needs in row.metadata:
-                found.append(action)
-    return found
+def _allowed(request: web.Request, row: Any) -> list[str]:
+    return operations.allowed(_rt(request).flows.get(row.flow), row.state, row.metadata,
+                              session_of(request).who)
 
 
 _SUMMARY_KEYS = ("step", "from", "to", "run", "try", "poll", "error", "reason", "action",
@@ -334,20 +327,15 @@ async def document_page(request: web.Request) -> web.Response:
     async with rt.db.connect() as conn:
         last_event = await stored_events.last_id(conn)
     return _page(request, "document.html", {
-        "doc": doc, "row": row, "timeline": _timeline(journal), "allowed": _allowed(rt, row),
+        "doc": doc, "row": row, "timeline": _timeline(journal), "allowed": _allowed(request, row),
         "metadata": {k: _shown(v) for k, v in row.metadata.items()},
         "done": request.query.get("fait"), "last_event": last_event,
         "in_step": time.time() - (row.step_since or row.updated_at)})
 
 
 async def download(request: web.Request) -> web.StreamResponse:
-    rt = _rt(request)
-    row = await views.file_of(rt, session_of(request).who, request.match_info["id"],
-                              request.match_info["file_id"])
-    return web.FileResponse(rt.blobs.path(row.sha256), headers={
-        "Content-Type": row.content_type,
-        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(row.name, safe='')}",
-        "X-Content-Type-Options": "nosniff"})
+    return await views.download(_rt(request), session_of(request).who,
+                                request.match_info["id"], request.match_info["file_id"])
 
 
 async def confirm_form(request: web.Request) -> web.Response:
@@ -355,7 +343,7 @@ async def confirm_form(request: web.Request) -> web.Response:
     who = session_of(request).who
     row = await views.visible_document(rt, who, request.match_info["id"])
     action = request.query.get("action", "")
-    if action not in _allowed(rt, row):
+    if action not in _allowed(request, row):
         raise ServiceError(409, f"l'action « {action} » n'est pas possible pour ce document "
                            f"({labels.label(labels.STATES, row.state)})")
     return _page(request, "confirm.html", {"row": row, "action": action})
@@ -386,21 +374,27 @@ async def parking_page(request: web.Request) -> web.Response:
     async with rt.db.connect() as conn:
         groups = await board.parked_groups(conn, entity, 200)
     listing = await views.parking(rt, who, limit=PAGE, cursor=request.query.get("apres"))
-    return _page(request, "parking.html", {"groups": groups, "listing": listing})
+    return _page(request, "parking.html", {"groups": groups, "listing": listing,
+                                           "until": repr(time.time())})
 
 
 async def replay_post(request: web.Request) -> web.Response:
-    """Replay one group, a bounded batch per request; the page says how many remain."""
+    """Replay one group exactly as the page showed it (its flow, step and error, parked no
+    later than the page's time), a bounded batch per request; says how many remain."""
     rt = _rt(request)
     data = await form(request)
-    flow, step, error = data.get("flux") or None, data.get("etape") or None, data.get("erreur")
-    if not flow:
+    flow, step, error = data.get("flux") or "", data.get("etape") or None, data.get("erreur")
+    try:
+        until, done = float(data.get("jusqua", "")), int(data.get("deja") or 0)
+    except ValueError as exc:
+        raise ServiceError(422, "formulaire de rejeu incomplet : rechargez le parking") from exc
+    if not flow or error is None:
         raise ServiceError(422, "choisissez un groupe (flux, étape, erreur)")
-    result = await operations.replay(rt, session_of(request).who, flow=flow, step=step,
-                                     error=error or None, limit=REPLAY_BATCH)
-    done = int(data.get("deja") or 0) + result["count"]
-    context = {"flow": flow, "step": step or "", "error": error or "", "done": done,
-               "count": result["count"], "remaining": result["remaining"]}
+    result = await operations.replay(rt, session_of(request).who, limit=REPLAY_BATCH,
+                                     group=Group(flow, step, error, until))
+    done += result["count"]
+    context = {"flow": flow, "step": step or "", "error": error, "until": data["jusqua"],
+               "done": done, "count": result["count"], "remaining": result["remaining"]}
     if request.headers.get("Accept") == "application/json":
         return web.json_response(context)
     return _page(request, "replayed.html", context)
@@ -422,10 +416,10 @@ async def entity_page(request: web.Request, checks: list[dict[str, Any]] | None 
     entity = await entities.get_entity(rt, who, siren)
     async with rt.db.connect() as conn:
         health = await board.health(conn, sorted(rt.connectors), siren, time.time() - 3600)
-        latest = await board.search(conn, board.Search(entity=siren), limit=1)
+        latest = await board.latest_change(conn, siren)
     return _page(request, "entity.html", {
         "entity": entity, "health": [h for h in health if h.finished or h.last_success],
-        "latest": latest[0] if latest else None, "checks": checks,
+        "latest": latest, "checks": checks,
         "settings": {k: json.dumps(v, ensure_ascii=False, indent=1)
                      for k, v in entity["connectors"].items()}})
 
@@ -463,7 +457,7 @@ async def live(request: web.Request) -> web.StreamResponse:
     session = session_of(request)
     entity = None if session.who.is_operator else session.who.entity
     try:
-        stream = await hub(request).open(session.key, entity)
+        stream = await hub(request).open(session.key, session.who.token_id, entity)
     except TooMany as exc:
         raise ServiceError(429, str(exc)) from exc
     try:
@@ -505,5 +499,4 @@ async def live(request: web.Request) -> web.StreamResponse:
 
 
 async def _still_signed_in(rt: Runtime, request: web.Request) -> bool:
-    from broker.web.session import current
     return await current(rt, request) is not None

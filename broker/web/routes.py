@@ -10,9 +10,11 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from broker import engine as eng
 from broker.runtime import Runtime
+from broker.store.keys import reference
 from broker.web import labels, pages
-from broker.web.guard import HUB, RUNTIME_KEY
+from broker.web.guard import HUB, RUNTIME_KEY, secured
 from broker.web.live import LiveHub
 from broker.web.session import Failures
 
@@ -30,7 +32,8 @@ def setup(app: web.Application, runtime: Runtime) -> None:
     env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"),
                                autoescape=True, undefined=jinja2.StrictUndefined)
     env.globals.update(static=_static_url(), when=labels.when, duration=labels.duration,
-                       size=labels.size, label=labels.label, iso=labels.iso, labels=labels)
+                       size=labels.size, label=labels.label, iso=labels.iso, labels=labels,
+                       reference=reference, active_states=eng.ACTIVE)
     app[RUNTIME_KEY] = runtime
     app[HUB] = hub = LiveHub(runtime.transport)
     app[pages.FAILURES] = Failures()
@@ -39,6 +42,7 @@ def setup(app: web.Application, runtime: Runtime) -> None:
         await hub.stop()
 
     app.on_shutdown.append(stop_live)
+    app.on_response_prepare.append(secured)
     app.add_routes([
         web.get("/", pages.root),
         web.get("/ui", pages.root),

@@ -25,6 +25,9 @@ from broker.ttlcache import TtlCache
 log = structlog.get_logger("demat.web")
 
 COOKIE = "demat_session"
+# Over TLS: a name browsers keep only from this host, Secure and path=/ (no sibling
+# subdomain can plant one).
+SECURE_COOKIE = "__Host-demat_session"
 # A session's last use is written at most this often (not on every page).
 TOUCH_EVERY = 60.0
 # Failed sign-ins allowed per client address per window.
@@ -61,8 +64,10 @@ class Failures:
         self._seen.put(client, (self._seen.get(client) or 0) + 1)
 
 
-async def sign_in(rt: Runtime, token: str) -> tuple[str, Session] | None:
-    """A new session for ``token``: (cookie value, session); None if the token is not live."""
+async def sign_in(rt: Runtime, token: str, replacing: Session | None = None
+                  ) -> tuple[str, Session] | None:
+    """A new session for ``token``: (cookie value, session); None if the token is not live.
+    The session the browser came with, if any, ends."""
     t = now()
     value = secrets.token_urlsafe(32)
     key, csrf = _hash(value), secrets.token_urlsafe(32)
@@ -73,18 +78,20 @@ async def sign_in(rt: Runtime, token: str) -> tuple[str, Session] | None:
         await stored.insert(conn, key, who.token_id, csrf, t,
                             t + rt.settings.seconds("session_lifetime"))
         await stored.prune(conn, t - 86_400)
+        if replacing is not None:
+            await stored.end(conn, replacing.key, t)
         await stored_journal.append(conn, [journal.Entry(
             "session", {"action": "sign-in", "session": key[:12]}, None, who.actor)], t)
     return value, Session(key, who, csrf, t)
 
 
 async def current(rt: Runtime, request: web.Request) -> Session | None:
-    value = request.cookies.get(COOKIE)
+    value = request.cookies.get(cookie_name(rt, request))
     if not value or len(value) > 128:
         return None
     key, t = _hash(value), now()
     async with rt.db.connect() as conn:
-        row = await stored.live(conn, key, t)
+        row = await stored.live(conn, key, t, t - rt.settings.seconds("session_idle"))
         if row is None:
             return None
         if t - row.seen_at > TOUCH_EVERY:
@@ -107,16 +114,20 @@ def secure(rt: Runtime, request: web.Request) -> bool:
     return rt.settings.behind_tls or request.secure
 
 
+def cookie_name(rt: Runtime, request: web.Request) -> str:
+    return SECURE_COOKIE if secure(rt, request) else COOKIE
+
+
 def set_cookie(rt: Runtime, request: web.Request, response: web.StreamResponse,
                value: str) -> None:
-    response.set_cookie(COOKIE, value, httponly=True, samesite="Strict", path="/",
+    response.set_cookie(cookie_name(rt, request), value, httponly=True, samesite="Strict", path="/",
                         secure=secure(rt, request),
                         max_age=int(rt.settings.seconds("session_lifetime")))
 
 
 def clear_cookie(rt: Runtime, request: web.Request, response: web.StreamResponse) -> None:
-    response.del_cookie(COOKIE, path="/", secure=secure(rt, request), httponly=True,
-                        samesite="Strict")
+    response.del_cookie(cookie_name(rt, request), path="/", secure=secure(rt, request),
+                        httponly=True, samesite="Strict")
 
 
 def csrf_ok(session: Session, sent: str | None) -> bool:

@@ -329,3 +329,11 @@ def test_make_transport_picks_the_adapter() -> None:
         "x.parking",
         "x.events",
     )
+
+
+async def test_depth_counts_the_messages_waiting(transport: Transport, queue: str,
+                                                 depth: Depth) -> None:
+    for i in range(3):
+        await transport.publish(queue, Message(b"x", f"depth-{i}"))
+    assert await transport.depth(queue) == await depth(queue) == 3
+    assert await transport.depth(f"{queue}.missing") is None

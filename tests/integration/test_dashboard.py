@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,15 @@ class Site:
         assert resp.status == 201, await resp.text()
         return str((await resp.json())["id"])
 
+    @property
+    def origin(self) -> dict[str, str]:
+        """What a browser sends with a form of this site."""
+        url = self.client.make_url("/")
+        return {"Origin": f"{url.scheme}://{url.host}:{url.port}"}
+
     async def sign_in(self, who: str = "operator") -> aiohttp.ClientResponse:
         resp = await self.client.post("/ui/connexion", data={"jeton": self.tokens[who]},
-                                      allow_redirects=False)
+                                      headers=self.origin, allow_redirects=False)
         assert resp.status == 303, await resp.text()
         return resp
 
@@ -72,8 +79,8 @@ class Site:
 
 
 @pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    settings = Settings(data_dir=tmp_path / "data")
+async def site(tmp_path: Path, database_url: str | None) -> AsyncIterator[Site]:
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
     rt = await Runtime.open(settings, catalog())
     depot = {"url": "http://127.0.0.1:9/inbox", "token": SECRET}
     async with rt.db.begin() as conn:
@@ -93,24 +100,27 @@ async def test_the_root_leads_to_sign_in_then_back_where_one_was_going(site: Sit
     resp = await site.client.get("/", allow_redirects=False)
     assert resp.status == 302 and resp.headers["Location"] == "/ui/"
     resp = await site.client.post("/ui/connexion", allow_redirects=False, data={
-        "jeton": site.tokens["operator"], "suite": "/ui/parking"})
+        "jeton": site.tokens["operator"], "suite": "/ui/parking"}, headers=site.origin)
     assert resp.status == 303 and resp.headers["Location"] == "/ui/parking"
     # Only this site's dashboard paths: no open redirect.
     for target in ("https://evil.example/", "//evil.example/ui/", "/ui//evil.example"):
         resp = await site.client.post("/ui/connexion", allow_redirects=False, data={
-            "jeton": site.tokens["operator"], "suite": target})
+            "jeton": site.tokens["operator"], "suite": target}, headers=site.origin)
         assert resp.headers["Location"] == "/ui/", target
 
 
 async def test_a_wrong_token_is_refused_and_guessing_is_slowed(site: Site) -> None:
-    resp = await site.client.post("/ui/connexion", data={"jeton": "dmt_forged"})
+    resp = await site.client.post("/ui/connexion", data={"jeton": "dmt_forged"},
+                                  headers=site.origin)
     assert resp.status == 401 and "Jeton inconnu" in await resp.text()
     assert site.cookie() is None
     for _ in range(12):
-        resp = await site.client.post("/ui/connexion", data={"jeton": "dmt_forged"})
+        resp = await site.client.post("/ui/connexion", data={"jeton": "dmt_forged"},
+                                      headers=site.origin)
     assert resp.status == 429
     # Even the right token waits out the window from that address.
-    resp = await site.client.post("/ui/connexion", data={"jeton": site.tokens["operator"]})
+    resp = await site.client.post("/ui/connexion", data={"jeton": site.tokens["operator"]},
+                                  headers=site.origin)
     assert resp.status == 429
 
 
@@ -118,9 +128,14 @@ async def test_the_cookie_is_httponly_strict_and_secure_behind_tls(site: Site) -
     resp = await site.sign_in()
     header = resp.headers["Set-Cookie"]
     assert "HttpOnly" in header and "SameSite=Strict" in header and "Secure" not in header
-    site.rt.settings.behind_tls = True
-    resp = await site.sign_in()
-    assert "Secure" in resp.headers["Set-Cookie"]
+    site.rt.settings.behind_tls = True  # the proxy's TLS: forms come from https://
+    resp = await site.client.post("/ui/connexion", data={"jeton": site.tokens["operator"]},
+                                  headers={"Origin": site.origin["Origin"].replace(
+                                      "http://", "https://")}, allow_redirects=False)
+    assert resp.status == 303
+    header = resp.headers["Set-Cookie"]
+    assert header.startswith("__Host-demat_session=") and "Secure" in header
+    assert "Path=/" in header and "Domain" not in header
 
 
 async def test_every_page_sends_its_security_headers(site: Site) -> None:
@@ -131,6 +146,11 @@ async def test_every_page_sends_its_security_headers(site: Site) -> None:
     assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
     assert resp.headers["X-Frame-Options"] == "DENY"
     assert resp.headers["Cache-Control"] == "no-store"
+    assert re.fullmatch(r"app;dur=[0-9.]+", resp.headers["Server-Timing"])
+    # Streamed answers too: the CSV export is neither cached nor sniffed.
+    resp = await site.client.get("/ui/documents.csv")
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
 
 
 async def test_signing_in_makes_a_new_session_whatever_cookie_came_with_it(site: Site) -> None:
@@ -138,8 +158,11 @@ async def test_signing_in_makes_a_new_session_whatever_cookie_came_with_it(site:
     await site.sign_in()
     assert site.cookie() not in (None, "planted-by-an-attacker")
     first = site.cookie()
+    assert first
     await site.sign_in()
-    assert site.cookie() != first  # each sign-in: a new session
+    assert site.cookie() != first  # each sign-in: a new session, and the old one ends
+    site.set_cookie(first)
+    assert (await site.page("/ui/"))[0] == 303
 
 
 async def test_a_stolen_cookie_is_useless_after_sign_out(site: Site) -> None:
@@ -160,6 +183,14 @@ async def test_a_stolen_cookie_is_useless_after_sign_out(site: Site) -> None:
         kinds = [(r.kind, r.data["action"]) for r in (await conn.execute(
             sa.select(journal).where(journal.c.kind == "session").order_by(journal.c.id)))]
     assert kinds == [("session", "sign-in"), ("session", "sign-out")]
+
+
+async def test_an_idle_session_ends(site: Site) -> None:
+    await site.sign_in()
+    assert (await site.page("/ui/"))[0] == 200
+    async with site.rt.db.begin() as conn:
+        await conn.execute(sa.text("UPDATE sessions SET seen_at = seen_at - 3 * 3600"))
+    assert (await site.page("/ui/"))[0] == 303
 
 
 async def test_a_revoked_token_ends_its_sessions(site: Site) -> None:
@@ -273,18 +304,20 @@ async def test_no_secret_reaches_a_page(site: Site) -> None:
     assert "token" in html  # the setting is shown, its value is not
 
 
-async def test_live_streams_are_bounded_per_session(site: Site) -> None:
+async def test_a_session_holds_a_bounded_number_of_live_streams(site: Site) -> None:
+    """A page past the bound takes the place of the oldest (a closed tab is noticed late)."""
     await site.sign_in()
     opened = [await site.client.get("/ui/live") for _ in range(live.PER_SESSION)]
     assert all(r.status == 200 for r in opened)
-    extra = await site.client.get("/ui/live")
-    assert extra.status == 429
-    for r in opened:
+    newest = await site.client.get("/ui/live")
+    assert newest.status == 200
+    ended = await asyncio.wait_for(opened[0].content.read(), 5)  # the oldest ends
+    assert ended.startswith(b"retry:")
+    from broker.web.guard import HUB
+    assert site.client.app is not None
+    assert site.client.app[HUB].open_streams == live.PER_SESSION
+    for r in [*opened, newest]:
         r.close()
-    await asyncio.sleep(0.2)
-    again = await site.client.get("/ui/live")
-    assert again.status == 200
-    again.close()
 
 
 async def test_a_live_stream_catches_up_and_ends_at_sign_out(site: Site) -> None:
@@ -310,3 +343,126 @@ async def test_a_live_stream_catches_up_and_ends_at_sign_out(site: Site) -> None
     await site.client.post("/ui/deconnexion", data={"csrf": csrf})
     rest = await asyncio.wait_for(resp.content.read(), 5)  # the stream ends
     assert OTHER.encode() not in rest
+
+
+async def _park(site: Site, doc_id: str, step: str | None, error: str | None,
+                at: float | None = None) -> None:
+    async with site.rt.db.begin() as conn:
+        await conn.execute(sa.text(
+            "UPDATE documents SET state = 'failed', step = :step, last_error = :error, "
+            "updated_at = coalesce(:at, updated_at) WHERE id = :id"),
+            {"step": step, "error": error, "id": doc_id, "at": at})
+
+
+async def test_a_group_replay_reaches_its_group_only(site: Site) -> None:
+    ids = [await site.submit() for _ in range(6)]
+    await _park(site, ids[0], "deliver", "HTTP 503")
+    await _park(site, ids[1], "deliver", "HTTP 503")
+    await _park(site, ids[2], "deliver", "HTTP 503 from another inbox")  # another group
+    await _park(site, ids[3], None, None)  # a group without step nor error
+    await _park(site, ids[4], "deliver", None)
+    await _park(site, ids[5], "deliver", "HTTP 503", at=4_000_000_000.0)  # after the page
+    await site.sign_in()
+    _status, html = await site.page("/ui/parking")
+    until = re.search(r'name="jusqua" value="([^"]+)"', html)
+    assert until
+    csrf = await site.csrf("/ui/parking")
+
+    async def replay(step: str, error: str) -> dict[str, Any]:
+        resp = await site.client.post("/ui/parking/rejouer", headers={
+            "Accept": "application/json"}, data={"csrf": csrf, "flux": "depot", "etape": step,
+                                                 "erreur": error, "jusqua": until.group(1)})
+        assert resp.status == 200, await resp.text()
+        result: dict[str, Any] = await resp.json()
+        return result
+
+    assert (await replay("deliver", "HTTP 503"))["done"] == 2
+    assert (await replay("", ""))["done"] == 1
+    states = {}
+    async with site.rt.db.connect() as conn:
+        for row in await conn.execute(sa.text("SELECT id, state FROM documents")):
+            states[row.id] = row.state
+    assert [states[i] for i in ids] == ["queued", "queued", "failed", "queued", "failed",
+                                        "failed"]
+
+
+async def test_the_overview_shows_stuck_waiting_and_parked(site: Site) -> None:
+    old, fresh, parked = [await site.submit() for _ in range(3)]
+    long_ago = time.time() - 3 * 3600
+    async with site.rt.db.begin() as conn:
+        await conn.execute(sa.text("UPDATE documents SET step_since = :t WHERE id = :id"),
+                           {"t": long_ago, "id": old})
+    await _park(site, parked, "deliver", "HTTP 500 from the inbox")
+    await site.sign_in()
+    _status, html = await site.page("/ui/")
+    stuck = html.split('id="t-bloques"')[1].split("</section>")[0]
+    assert "Documents bloqués (1)" in html and old in stuck and fresh not in stuck
+    assert "3 h 0 min" in stuck and "1 h 0 min" in stuck  # in the step for, expected
+    waiting = html.split('id="t-attente"')[1].split("</section>")[0]
+    assert old in waiting and ">2</a>" in waiting  # two documents queued, the oldest named
+    groups = html.split('id="t-parking"')[1].split("</section>")[0]
+    assert "HTTP 500 from the inbox" in groups
+
+
+async def test_a_replayed_document_enters_its_step_again(site: Site) -> None:
+    doc = await site.submit()
+    await _park(site, doc, "deliver", "HTTP 503")
+    async with site.rt.db.begin() as conn:
+        await conn.execute(sa.text("UPDATE documents SET step_since = 1.0 WHERE id = :id"),
+                           {"id": doc})
+    resp = await site.client.post("/api/v1/parking/replay", json={"ids": [doc]}, headers={
+        "Authorization": f"Bearer {site.tokens['operator']}"})
+    assert resp.status == 200
+    async with site.rt.db.connect() as conn:
+        since = (await conn.execute(sa.text("SELECT step_since FROM documents WHERE id = :id"),
+                                    {"id": doc})).scalar_one()
+    assert since > 1_000_000_000  # now, not when it first entered the step
+
+
+async def test_a_csv_cell_never_starts_a_formula(site: Site) -> None:
+    await site.submit(numero="=HYPERLINK(\"http://evil.example\")")
+    await site.sign_in()
+    rows = list(csv.DictReader(io.StringIO(await (await site.client.get(
+        "/ui/documents.csv")).text())))
+    assert rows[0]["reference"] == "'=HYPERLINK(\"http://evil.example\")"
+
+
+async def test_the_sign_in_form_must_come_from_this_site(site: Site) -> None:
+    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {},
+                    {"Referer": "http://evil.example/ui/connexion"}):
+        resp = await site.client.post("/ui/connexion", data={"jeton": site.tokens["operator"]},
+                                      headers=headers, allow_redirects=False)
+        assert resp.status == 403, headers
+    assert site.cookie() is None
+    site.rt.settings.public_url = "https://demat.example.fr"  # a proxy rewrites Host
+    resp = await site.client.post("/ui/connexion", data={"jeton": site.tokens["operator"]},
+                                  headers={"Origin": "https://demat.example.fr"},
+                                  allow_redirects=False)
+    assert resp.status == 303
+
+
+async def test_two_writes_for_one_document_apply_in_order_and_keys_follow(site: Site) -> None:
+    from broker.engine import Doc, Transition
+    from broker.store import documents as docs
+
+    doc_id = await site.submit(numero="K1")
+    doc = Doc(doc_id, "depot", "queued", "deliver", 1, {"numero": "K1"})
+    writes = [docs.TransitionWrite(doc, ENTITY, Transition("running", "deliver", 1,
+                                                            metadata={"id_acte": "A-1"})),
+              docs.TransitionWrite(doc, ENTITY, Transition("waiting", "deliver", 1,
+                                                            metadata={"id_acte": "A-2"})),
+              docs.TransitionWrite(doc, ENTITY, Transition("completed", "deliver", 1))]
+    async with site.rt.db.begin() as conn:
+        await docs.write_transitions(conn, writes, time.time())
+    async with site.rt.db.begin() as conn:  # a key cleared is forgotten
+        await docs.write_transitions(conn, [docs.TransitionWrite(
+            doc, ENTITY, Transition("completed", "deliver", 1, metadata={"numero": None}))],
+            time.time())
+    async with site.rt.db.connect() as conn:
+        state = (await conn.execute(sa.text("SELECT state FROM documents WHERE id = :id"),
+                                    {"id": doc_id})).scalar_one()
+        found = dict((await conn.execute(sa.text(
+            "SELECT name, value FROM document_keys WHERE document_id = :id"),
+            {"id": doc_id})).all())
+    assert state == "completed"
+    assert found == {"id_acte": "A-2"}

@@ -10,12 +10,31 @@
     if (s) s.textContent = text;
   }
 
-  async function refreshDocument(holder) {
+  // One refresh at a time, the latest wins; what the reader opened or focused is kept.
+  let asked = 0;
+  let timer = null;
+
+  function refreshDocument(holder) {
+    clearTimeout(timer);
+    timer = setTimeout(() => reload(holder, ++asked), 250);
+  }
+
+  async function reload(holder, ticket) {
     const answer = await fetch(window.location.href, { credentials: "same-origin" });
-    if (!answer.ok) return;
+    if (!answer.ok || ticket !== asked) return;
     const page = new DOMParser().parseFromString(await answer.text(), "text/html");
     const fresh = page.getElementById("document-live");
-    if (fresh) holder.replaceChildren(...fresh.childNodes);
+    if (!fresh || ticket !== asked) return;
+    const opened = [...holder.querySelectorAll("details")].map((d) => d.open);
+    const focused = holder.contains(document.activeElement) ? document.activeElement : null;
+    const focusKey = focused && (focused.getAttribute("href") || focused.id);
+    holder.replaceChildren(...fresh.childNodes);
+    holder.querySelectorAll("details").forEach((d, i) => { if (opened[i]) d.open = true; });
+    if (focusKey) {
+      const again = [...holder.querySelectorAll("a, button, summary, [id]")].find(
+        (el) => el.getAttribute("href") === focusKey || el.id === focusKey);
+      if (again) again.focus();
+    }
   }
 
   function onState(event) {
@@ -70,7 +89,8 @@
           bar.max = done + result.remaining;
           bar.value = done;
           text.textContent = done + " rejoué(s), " + result.remaining + " restant(s)";
-          if (!result.remaining || !result.count) break;
+          const total = Number(form.dataset.total || "0");
+          if (!result.remaining || !result.count || (total && done >= total)) break;
         }
         button.disabled = false;
       });

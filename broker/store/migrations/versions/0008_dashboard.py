@@ -9,7 +9,10 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from broker.store.keys import key_values
+# The keys indexed when this migration was written (later changes to the list are later
+# migrations' business).
+KEYS = ("id_acte", "numero", "nom_fic", "numero_facture")
+BATCH = 1000
 
 revision = "0008"
 down_revision = "0007"
@@ -52,15 +55,19 @@ def _copy_keys() -> None:
     docs = sa.table("documents", sa.column("id"), sa.column("metadata", JSON))
     keys = sa.table("document_keys", sa.column("document_id"), sa.column("name"),
                     sa.column("value"))
-    rows = []
-    for row in bind.execute(sa.select(docs.c.id, docs.c.metadata)):
-        rows += [{"document_id": row.id, "name": name, "value": value}
-                 for name, value in key_values(row.metadata or {})]
-        if len(rows) >= 1000:
+    after = ""
+    while True:  # in id order, a batch at a time: memory stays flat on a large store
+        batch = bind.execute(sa.select(docs.c.id, docs.c.metadata).where(docs.c.id > after)
+                             .order_by(docs.c.id).limit(BATCH)).all()
+        if not batch:
+            return
+        rows = [{"document_id": row.id, "name": name, "value": str(value)[:255]}
+                for row in batch for name in KEYS
+                if isinstance(value := (row.metadata or {}).get(name), str | int)
+                and not isinstance(value, bool) and str(value)]
+        if rows:
             bind.execute(keys.insert(), rows)
-            rows = []
-    if rows:
-        bind.execute(keys.insert(), rows)
+        after = batch[-1].id
 
 
 def downgrade() -> None:
