@@ -29,7 +29,7 @@ class LivePages:
             http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
             self._sessions.append(http)
             async with http.post(f"{self.url}/ui/connexion", data={"jeton": self.token},
-                                 allow_redirects=False) as resp:
+                                 headers={"Origin": self.url}, allow_redirects=False) as resp:
                 assert resp.status == 303, await resp.text()
             for _ in range(min(PER_SESSION, self.pages - opened)):
                 ready = asyncio.Event()

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import engine as eng
+from broker.store import counts as kept
 from broker.store.job_state import JobState
 from broker.store.keys import documents_with
 from broker.store.schema import documents, jobs
@@ -24,23 +25,14 @@ def _scoped(query: sa.Select[Any], entity: str | None) -> sa.Select[Any]:
 
 
 async def counts(conn: AsyncConnection, entity: str | None) -> list[tuple[str, str, int]]:
-    """Documents per (flow, state)."""
-    query = _scoped(sa.select(documents.c.flow, documents.c.state, sa.func.count())
-                    .group_by(documents.c.flow, documents.c.state), entity)
-    return [(f, s, int(n)) for f, s, n in await conn.execute(query)]
+    """Documents per (flow, state), from the counts kept as they change."""
+    return await kept.by_flow_and_state(conn, entity)
 
 
-async def finished(conn: AsyncConnection, entity: str | None, since: float, width: float
-                   ) -> list[tuple[int, str, int]]:
-    """Documents that ended since ``since``: (bucket of ``width`` seconds, state, count)."""
-    offset = (documents.c.updated_at - since) / width
-    # Times are never before ``since`` here, so truncating is flooring (SQLite has no floor).
-    bucket = (sa.func.floor(offset) if conn.dialect.name == "postgresql"
-              else sa.cast(offset, sa.Integer)).label("bucket")
-    query = _scoped(sa.select(bucket, documents.c.state, sa.func.count()).where(
-        documents.c.state.in_(sorted(eng.TERMINAL)), documents.c.updated_at >= since)
-        .group_by(bucket, documents.c.state), entity)
-    return [(int(b), s, int(n)) for b, s, n in await conn.execute(query)]
+async def finished(conn: AsyncConnection, entity: str | None,
+                   since: float) -> list[tuple[int, str, int]]:
+    """Documents that ended since ``since``: (hour since ``since``, state, count)."""
+    return await kept.ended_since(conn, entity, since)
 
 
 def _overdue(limits: Mapping[tuple[str, str], float], default: float,
@@ -194,8 +186,9 @@ async def search(conn: AsyncConnection, s: Search, *, limit: int,
     if s.until is not None:
         query = query.where(documents.c.created_at < s.until)
     if s.ref:
-        query = query.where(sa.or_(documents.c.id == s.ref,
-                                   documents.c.id.in_(documents_with(s.ref))))
+        # One IN over a union (not an OR): both databases then look each id up by key.
+        query = query.where(documents.c.id.in_(sa.union(
+            documents_with(s.ref), sa.select(sa.literal(s.ref)))))
     newest_first = s.order != "old"
     if after:
         query = query.where(documents.c.id < after if newest_first else documents.c.id > after)

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from broker import journal
 from broker.engine import CANCELLED, FAILED, REJECTED, Doc, Job, Transition
 from broker.ids import new_id
+from broker.store import counts, keys
 from broker.store import journal as stored_journal
-from broker.store import keys
 from broker.store.job_state import JobState
 from broker.store.schema import documents, events, files, jobs
 
@@ -73,12 +73,17 @@ async def insert_documents(conn: AsyncConnection, new: Sequence[NewDocument],
         file_rows += [_file_row(i, doc.id, f, now) for i, f in zip(ids, n.files, strict=True)]
         file_ids.append(ids)
     await conn.execute(_INSERT_DOCUMENTS, rows)
+    moves, ended = counts.Moves(), counts.Ended()
+    for n in new:
+        counts.moved(moves, ended, n.start.entity, n.start.doc.flow, None,
+                     n.start.transition.state, now)
     await keys.record(conn, [(n.start.doc.id, {**n.start.doc.metadata,
                                                 **n.start.transition.metadata}) for n in new],
                       replace=False)
     if file_rows:
         await conn.execute(_INSERT_FILES, file_rows)
     await write_transitions(conn, [n.start for n in new], now, rows_written=True)
+    await counts.record(conn, moves, ended)
     return file_ids
 
 
@@ -125,6 +130,7 @@ async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWr
     new_events: list[dict[str, Any]] = []
     entries: list[journal.Entry] = []
     new_keys: list[tuple[str, dict[str, Any]]] = []
+    moves, ended = counts.Moves(), counts.Ended()
     job_ids: list[str | None] = []
     for w in writes:
         doc, transition = w.doc, w.transition
@@ -138,6 +144,8 @@ async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWr
             new_keys.append((doc.id, transition.metadata))
         if transition.state in RELEASES_KEY:
             values["unique_key"] = None
+        if not rows_written:
+            counts.moved(moves, ended, w.entity, doc.flow, doc.state, transition.state, now)
         keyset = frozenset(values)
         if placed.get(doc.id, keyset) != keyset:
             rounds.append({})
@@ -173,6 +181,8 @@ async def write_transitions(conn: AsyncConnection, writes: Sequence[TransitionWr
     if new_events:
         await conn.execute(_INSERT_EVENTS, new_events)
     await stored_journal.append(conn, entries, now)
+    # Last: the counters' rows are locked until commit, the shortest time possible.
+    await counts.record(conn, moves, ended)
     return job_ids
 
 

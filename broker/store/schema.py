@@ -181,3 +181,26 @@ document_keys = sa.Table(
     sa.Column("value", sa.String(255), nullable=False),
     sa.Index("ix_document_keys_value", "value"),
 )
+
+# Documents per entity, flow and state, kept by the writes that move them (the dashboard's
+# counts without scanning the documents).
+document_counts = sa.Table(
+    "document_counts",
+    metadata,
+    sa.Column("entity", sa.String(9), primary_key=True),
+    sa.Column("flow", sa.String(32), primary_key=True),
+    sa.Column("state", sa.String(16), primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+)
+
+# Documents that ended (completed, rejected, failed, cancelled) per hour (UNIX hours), per
+# entity and for all entities (entity "*").
+ended_hours = sa.Table(
+    "ended_hours",
+    metadata,
+    sa.Column("hour", sa.Integer, primary_key=True),
+    sa.Column("entity", sa.String(9), primary_key=True),
+    sa.Column("flow", sa.String(32), primary_key=True),
+    sa.Column("state", sa.String(16), primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+)

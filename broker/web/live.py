@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from broker.transport.base import Consumer, Transport
+from broker.web import labels
 
 log = structlog.get_logger("demat.web")
 
 # Streams a session (a browser) and a token (all its sessions) hold at once: a new page
 # past the bound ends the oldest one (a closed tab is only noticed at its next write).
 PER_SESSION = 4
-PER_TOKEN = 32
+PER_TOKEN = 128
 # Past this the server refuses new streams.
 PER_PROCESS = 1000
 # Events held for one slow page before it is told to catch up from the store instead.
@@ -31,16 +33,16 @@ class Stream:
     session: str
     token: str
     entity: str | None  # None: an operator, who sees every entity
-    queue: asyncio.Queue[dict[str, Any] | None] = field(
-        default_factory=lambda: asyncio.Queue(BACKLOG))
+    # Events as sent (encoded once for every page), None: the end.
+    queue: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(BACKLOG))
     # Events were dropped for this page: it must reload what it shows.
     overflowed: bool = False
 
-    def offer(self, event: dict[str, Any]) -> None:
-        if self.entity is not None and event.get("entity") != self.entity:
+    def offer(self, entity: Any, line: bytes) -> None:
+        if self.entity is not None and entity != self.entity:
             return
         try:
-            self.queue.put_nowait(event)
+            self.queue.put_nowait(line)
         except asyncio.QueueFull:
             self.overflowed = True
 
@@ -50,6 +52,15 @@ class Stream:
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queue.put_nowait(None)
+
+
+def event_line(event: Mapping[str, Any]) -> bytes:
+    """A state event as a page receives it (``id`` lets a reconnecting page resume)."""
+    shown = {k: event.get(k) for k in ("id", "flow", "entity", "state", "step")}
+    shown["state_label"] = labels.label(labels.STATES, event.get("state"))
+    shown["step_label"] = labels.label(labels.STEPS, event.get("step"))
+    ident = f"id: {event['event']}\n" if isinstance(event.get("event"), int) else ""
+    return f"{ident}event: state\ndata: {json.dumps(shown, ensure_ascii=False)}\n\n".encode()
 
 
 class TooMany(Exception):
@@ -97,9 +108,10 @@ class LiveHub:
         except ValueError:
             log.warning("unreadable state event", routing_key=routing_key)
             return
-        if isinstance(event, dict):
+        if isinstance(event, dict) and self._streams:
+            line, entity = event_line(event), event.get("entity")
             for stream in list(self._streams):
-                stream.offer(event)
+                stream.offer(entity, line)
 
     async def stop(self) -> None:
         for stream in list(self._streams):

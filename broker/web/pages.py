@@ -28,7 +28,7 @@ from broker.store.keys import reference
 from broker.store.reads import Group
 from broker.web import charts, labels
 from broker.web.guard import RUNTIME_KEY, SESSION, form, hub, session_of
-from broker.web.live import TooMany
+from broker.web.live import TooMany, event_line
 from broker.web.session import Failures, clear_cookie, current, set_cookie, sign_in, sign_out
 
 PAGE = 50
@@ -37,6 +37,7 @@ REPLAY_BATCH = 100
 SHOWN = 20
 FAILURES = web.AppKey("sign_in_failures", Failures)
 HEARTBEAT = 15.0
+COALESCE = 0.25
 # A live stream checks now and then that its session still holds (ended elsewhere).
 RECHECK = 30.0
 
@@ -138,7 +139,7 @@ async def overview(request: web.Request) -> web.Response:
     settings = rt.settings
     async with rt.db.connect() as conn:
         counts = await board.counts(conn, entity)
-        hours = await board.finished(conn, entity, day_start, 3600)
+        hours = await board.finished(conn, entity, day_start)
         stuck, stuck_total = await board.stuck(
             conn, entity, settings.stuck_limits, settings.seconds("stuck_default"), t, SHOWN)
         waiting = await board.waiting(conn, entity)
@@ -443,14 +444,6 @@ async def entity_check(request: web.Request) -> web.Response:
 
 # --- live ------------------------------------------------------------------------------
 
-def _event_line(event: Mapping[str, Any]) -> bytes:
-    shown = {k: event.get(k) for k in ("id", "flow", "entity", "state", "step")}
-    shown["state_label"] = labels.label(labels.STATES, event.get("state"))
-    shown["step_label"] = labels.label(labels.STEPS, event.get("step"))
-    ident = f"id: {event['event']}\n" if isinstance(event.get("event"), int) else ""
-    return f"{ident}event: state\ndata: {json.dumps(shown, ensure_ascii=False)}\n\n".encode()
-
-
 async def live(request: web.Request) -> web.StreamResponse:
     """Server-sent events: what the session may see, caught up from the store first."""
     rt = _rt(request)
@@ -472,21 +465,29 @@ async def live(request: web.Request) -> web.StreamResponse:
                 missed = await stored_events.recent(conn, after=int(raw), limit=500,
                                                     entity=entity)
             for row in missed:
-                await response.write(_event_line({**row.payload, "event": row.id}))
+                await response.write(event_line({**row.payload, "event": row.id}))
         checked = time.monotonic()
         while True:
             try:
-                event = await asyncio.wait_for(stream.queue.get(), HEARTBEAT)
+                line = await asyncio.wait_for(stream.queue.get(), HEARTBEAT)
             except TimeoutError:
-                await response.write(b": ping\n\n")
-                event = {}
-            if event is None:
-                break
+                line = b": ping\n\n"
+            if line is not None and not line.startswith(b":"):
+                # A page needs its news within a second, not each at once: what arrives in
+                # the next moment goes in the same write (busy servers write far less).
+                await asyncio.sleep(COALESCE)
+            lines = [line]
+            while lines[-1] is not None and not stream.queue.empty():
+                lines.append(stream.queue.get_nowait())
+            ended = lines[-1] is None
             if stream.overflowed:  # events were dropped: the page reloads what it shows
-                await response.write(b"event: reload\ndata: {}\n\n")
                 stream.overflowed = False
-            elif event:
-                await response.write(_event_line(event))
+                lines = [b"event: reload\ndata: {}\n\n"]
+            sent = b"".join(x for x in lines if x is not None)
+            if sent:
+                await response.write(sent)
+            if ended:
+                break
             if time.monotonic() - checked > RECHECK:
                 checked = time.monotonic()
                 if not await _still_signed_in(rt, request):

@@ -466,3 +466,30 @@ async def test_two_writes_for_one_document_apply_in_order_and_keys_follow(site: 
             {"id": doc_id})).all())
     assert state == "completed"
     assert found == {"id_acte": "A-2"}
+
+
+async def _kept_and_counted(site: Site) -> tuple[dict[Any, int], dict[Any, int]]:
+    async with site.rt.db.connect() as conn:
+        kept = {(r.entity, r.flow, r.state): int(r.n) for r in await conn.execute(sa.text(
+            "SELECT entity, flow, state, n FROM document_counts")) if r.n}
+        counted = {(r.entity, r.flow, r.state): int(r.n) for r in await conn.execute(sa.text(
+            "SELECT entity, flow, state, count(*) AS n FROM documents "
+            "GROUP BY entity, flow, state"))}
+    return kept, counted
+
+
+async def test_the_counts_kept_follow_every_change(site: Site) -> None:
+    ids = [await site.submit(ENTITY) for _ in range(4)] + [await site.submit(OTHER)]
+    for doc in (ids[0], ids[4]):
+        resp = await site.client.post(f"/api/v1/documents/{doc}/cancel", headers={
+            "Authorization": f"Bearer {site.tokens['operator']}"})
+        assert resp.status == 200
+    kept, counted = await _kept_and_counted(site)
+    assert kept == counted == {(ENTITY, "depot", "queued"): 3,
+                               (ENTITY, "depot", "cancelled"): 1,
+                               (OTHER, "depot", "cancelled"): 1}
+    await site.sign_in("entity")
+    _status, html = await site.page("/ui/")
+    assert "Dépôt" in html and ">3</a>" in html and ">1</a>" in html
+    hours = html.split("<caption>Par heure</caption>")[1].split("</table>")[0]
+    assert re.search(r"<td>1</td><td>0</td><td>0,0 %</td>", hours)  # its one cancellation
