@@ -26,6 +26,7 @@ from broker.store import dashboard as board
 from broker.store import events as stored_events
 from broker.store.keys import reference
 from broker.store.reads import Group
+from broker.ttlcache import TtlCache
 from broker.web import charts, labels
 from broker.web.guard import RUNTIME_KEY, SESSION, form, hub, session_of
 from broker.web.live import TooMany, event_line
@@ -37,6 +38,7 @@ REPLAY_BATCH = 100
 SHOWN = 20
 FAILURES = web.AppKey("sign_in_failures", Failures)
 HEARTBEAT = 15.0
+_DEPTHS: TtlCache[dict[str, int | None]] = TtlCache(5.0)
 COALESCE = 0.25
 # A live stream checks now and then that its session still holds (ended elsewhere).
 RECHECK = 30.0
@@ -179,14 +181,22 @@ def _limit_of(rt: Runtime) -> Any:
 
 
 async def _depths(rt: Runtime) -> dict[str, int | None]:
-    """Messages waiting in each connector's work queue (what the transport can tell)."""
-    found: dict[str, int | None] = {}
-    for name in sorted(rt.connectors):
+    """Messages waiting in each connector's work queue, asked together and kept a few
+    seconds: a busy overview does not open broker channels on every load."""
+    kept = _DEPTHS.get(str(id(rt)))
+    if kept is not None:
+        return kept
+    names = sorted(rt.connectors)
+
+    async def one(name: str) -> int | None:
         try:
-            found[name] = await asyncio.wait_for(
-                rt.transport.depth(rt.transport.work_queue(name)), 2.0)
+            return await asyncio.wait_for(rt.transport.depth(rt.transport.work_queue(name)),
+                                          2.0)
         except TimeoutError:  # the page renders while the broker does not answer
-            found[name] = None
+            return None
+
+    found = dict(zip(names, await asyncio.gather(*(one(n) for n in names)), strict=True))
+    _DEPTHS.put(str(id(rt)), found)
     return found
 
 
