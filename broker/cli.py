@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -126,14 +127,23 @@ def simulate(ctx: click.Context, peer: str, port: int, host: str) -> None:
 
 
 @main.command()
-@click.argument("flow", type=click.Choice(["actes", "pes"]))
+@click.argument("flow", type=click.Choice(["actes", "pes", "chorus"]))
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--trust", "trust", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="pes: a PEM bundle of trust anchors; each signed bordereau is verified.")
 def validate(flow: str, path: Path, trust: Path | None) -> None:
-    """Check an ACTES envelope (tar.gz) or message (XML), or a PES_Aller; print every
-    problem, exit 1 if any."""
-    if flow == "actes":
+    """Check an ACTES envelope (tar.gz) or message (XML), a PES_Aller, or a Chorus Pro PIVOT
+    invoice; print every problem, exit 1 if any."""
+    if flow == "chorus":
+        from connectors.chorus.pivot import read_pivot
+
+        with tempfile.TemporaryDirectory(prefix="demat-validate-") as work:
+            reading = read_pivot(path, Path(work))
+        problems = reading.problems
+        numbers = ", ".join(i.number for i in reading.invoices)
+        verdict = (f"{path.name}: valid PIVOT ({len(reading.invoices)} invoice(s): {numbers}); "
+                   f"attachments unpacked safely")
+    elif flow == "actes":
         from connectors.actes.validate import validate_path
 
         problems = validate_path(path)

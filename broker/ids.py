@@ -51,3 +51,18 @@ def siren_problem(value: str) -> str | None:
     if not luhn_ok(value):
         return f"SIREN {value} fails its checksum (Luhn)"
     return None
+
+
+# La Poste's establishments share SIREN 356000000; their SIRET sums to a multiple of 5.
+_LA_POSTE = "356000000"
+
+
+def siret_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid SIRET (SIREN + NIC, Luhn), or None when it is."""
+    if len(value) != 14 or not value.isdigit():
+        return f"SIRET must be 14 digits, got {value!r}"
+    if value.startswith(_LA_POSTE) and value != _LA_POSTE + "00001":
+        ok = sum(int(c) for c in value) % 5 == 0
+    else:
+        ok = luhn_ok(value)
+    return None if ok else f"SIRET {value} fails its checksum (Luhn)"
