@@ -12,19 +12,18 @@ is refused where it is.
 
 from __future__ import annotations
 
-import binascii
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+from connectors.base64stream import Base64Writer, NotBase64
+
 _CHUNK = 1024 * 1024
 _OPEN = re.compile(rb"<Contenu(?=[\s/>])")
 _TAG_END = re.compile(rb"[<>]")
 _CLOSE = re.compile(rb"</Contenu\s*>")
-_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\s]")
-_SPACE = re.compile(rb"\s+")
 _LONGEST_TAG = 512
 
 
@@ -54,47 +53,6 @@ class Split:
     contents: list[Content]
 
 
-class _Decoder:
-    """Base64 decoded a block at a time, strictly: padding only at the very end."""
-
-    def __init__(self, out: IO[bytes], cap: int) -> None:
-        self.out = out
-        self.cap = cap
-        self.size = 0
-        self._rest = b""
-        self._padded = False
-
-    def feed(self, text: bytes, line: int) -> None:
-        if bad := _NOT_BASE64.search(text):
-            shown = bad.group().decode("latin-1")
-            raise ContentsError(f"PJ/Contenu is not base64: {shown!r} found "
-                                f"(an attachment's content is base64 text only)", line)
-        data = self._rest + _SPACE.sub(b"", text)
-        usable = len(data) - len(data) % 4
-        self._rest = data[usable:]
-        if usable:
-            self._write(data[:usable], line)
-
-    def _write(self, block: bytes, line: int) -> None:
-        if self._padded:
-            raise ContentsError("PJ/Contenu is not base64: text after its '=' padding", line)
-        try:
-            decoded = binascii.a2b_base64(block, strict_mode=True)
-        except binascii.Error as exc:
-            raise ContentsError(f"PJ/Contenu is not base64: {exc}", line) from None
-        self._padded = block.endswith(b"=")
-        self.size += len(decoded)
-        if self.size > self.cap:
-            raise ContentsError(f"PJ/Contenu decodes past the {self.cap} bytes an attachment "
-                                f"may take", line)
-        self.out.write(decoded)
-
-    def finish(self, line: int) -> None:
-        if self._rest:
-            raise ContentsError(f"PJ/Contenu is not base64: its length is not a multiple "
-                                f"of 4 ({len(self._rest)} character(s) left over)", line)
-
-
 def _chunks(stream: Readable) -> Iterator[bytes]:
     while chunk := stream.read(_CHUNK):
         yield chunk
@@ -107,7 +65,7 @@ def split(stream: Readable, workdir: Path, *, max_skeleton: int, max_content: in
     contents: list[Content] = []
     line = 1
     buffer = b""
-    decoder: _Decoder | None = None
+    decoder: Base64Writer | None = None
     out: IO[bytes] | None = None
     start = 0
 
@@ -152,12 +110,15 @@ def split(stream: Readable, workdir: Path, *, max_skeleton: int, max_content: in
                         out.close()
                         out = None
                         continue
-                    decoder = _Decoder(out, max_content)
+                    decoder = Base64Writer(out, max_content)
                     start = line
                 else:
                     lt = buffer.find(b"<")
                     text = buffer if lt < 0 else buffer[:lt]
-                    decoder.feed(text, line)
+                    try:
+                        decoder.feed(text)
+                    except NotBase64 as exc:
+                        raise ContentsError(f"PJ/Contenu {exc}", line) from None
                     breaks = text.count(b"\n")
                     line += breaks
                     keep(b"\n" * breaks)  # lines after it stay where they were
@@ -170,7 +131,10 @@ def split(stream: Readable, workdir: Path, *, max_skeleton: int, max_content: in
                             break  # the closing tag is cut by the chunk
                         raise ContentsError("PJ/Contenu holds markup: expected base64 text "
                                             "and then </Contenu>", line)
-                    decoder.finish(line)
+                    try:
+                        decoder.finish()
+                    except NotBase64 as exc:
+                        raise ContentsError(f"PJ/Contenu {exc}", line) from None
                     assert out is not None
                     out.close()
                     contents[-1] = Content(contents[-1].rank, start, contents[-1].path,

@@ -15,10 +15,20 @@ import zipfile
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lxml import etree
 
+from connectors.base import PermanentError
+from connectors.chorus.models import (
+    History,
+    ProcessAnswer,
+    ProcessRequest,
+    SearchPage,
+    SearchRequest,
+    loads,
+)
 from connectors.chorus.pivot import read_pivot
 from simulators.chorus_samples import Spec, pivot, siret
 
@@ -184,3 +194,56 @@ def test_what_the_project_builds_the_official_schema_accepts(tmp_path: Path) -> 
                        extra=[("bon.pdf", b"%PDF-1.4")]))
     for version in ("V1_22", "V2_02"):
         assert official(version).validate(etree.fromstring(built))
+
+
+# Each JSON sample and the model the client reads it with.
+JSON_SAMPLES = {
+    "CPPListeFactures.json": SearchPage,
+    "CPPHistoStatutFacture.json": History,
+    "CPPResultStatutOK.json": ProcessAnswer,
+    "Traiter-facture-recue-output.json": ProcessAnswer,
+    "Traiter-facture-recue.json": ProcessRequest,
+    "Rechercher-facture-par-recipiendaire.json": SearchRequest,
+}
+
+
+def _camel(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k[:1].lower() + k[1:]: _camel(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_camel(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("name", JSON_SAMPLES)
+def test_every_json_sample_is_parsed_exactly(name: str) -> None:
+    text = (SAMPLES / name).read_text(encoding="utf-8")
+    read = JSON_SAMPLES[name].model_validate(loads(text))
+    # Every key the sample has, with its value (amounts as exact decimals), nothing else.
+    assert read.model_dump(mode="python", exclude_unset=True) == _camel(loads(text))
+
+
+def test_an_old_example_with_leading_zeros_is_read_as_its_numbers() -> None:
+    request = SearchRequest.model_validate(loads(
+        (SAMPLES / "Rechercher-facture-par-recipiendaire.json").read_text(encoding="utf-8")))
+    assert (request.idFournisseur, request.idDestinataire) == (115552, 2015)
+    assert request.statuses == ["MISE_EN_PAIEMENT"]
+    assert request.nbResultatsParPage == 50
+
+
+def test_the_error_samples_are_told_as_the_client_tells_them() -> None:
+    from connectors.chorus.client import StatusInconsistent, _coded
+
+    ko = loads((SAMPLES / "CPPResultStatutKO.json").read_text(encoding="utf-8"))
+    with pytest.raises(StatusInconsistent, match="20002: Incohérence"):
+        _coded(ko, "traiter/recue")
+    functional = loads((SAMPLES / "Traiter-facture-recue-output-error.json")
+                       .read_text(encoding="utf-8"))
+    with pytest.raises(PermanentError, match=r"GDP_MSG_11\.008 La demande de paiement"):
+        _coded(functional, "traiter/recue")
+    listed = SearchPage.model_validate(loads((SAMPLES / "CPPListeFactures.json")
+                                             .read_text(encoding="utf-8")))
+    assert [(i.idFacture, i.statut) for i in listed.listeFactures] == [
+        (1221, "MISE_A_DISPOSITION"), (1222, "MISE_A_DISPOSITION_COMPTABLE"),
+        (1223, "COMPTABILISEE"), (1224, "DEPOSEE")]
+    assert listed.listeFactures[0].montantAPayer == Decimal("9822.5")

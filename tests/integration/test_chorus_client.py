@@ -1,0 +1,213 @@
+"""The Chorus Pro client against the Chorus Pro simulator over real HTTP: PISTE tokens
+(cached, one refresh at a time, renewed before expiry and on 401), codeRetour handling,
+paging, downloads split under the size cap, status changes, 429 and 5xx."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from broker.retry import InCallRetry, RetryPolicy
+from connectors.base import PermanentError, TransientError
+from connectors.chorus.client import (
+    ChorusClient,
+    StatusInconsistent,
+    TokenCache,
+    TooLarge,
+)
+from connectors.chorus.pivot import read_pivot
+from connectors.chorus.settings import ChorusSettings
+from connectors.chorus.statuses import Change
+from simulators.chorus import STORE, ChorusStore, build_app
+from simulators.chorus_samples import siret
+from simulators.common import serving, stats_of
+from simulators.faults import FaultRule
+
+SIRET = siret(21)
+
+
+@dataclass
+class Peer:
+    url: str
+    app: web.Application
+    http: aiohttp.ClientSession
+
+    @property
+    def store(self) -> ChorusStore:
+        return self.app[STORE]
+
+    def settings(self, **changes: Any) -> ChorusSettings:
+        given: dict[str, Any] = {
+            "oauth_url": f"{self.url}/api/oauth/token", "api_url": self.url,
+            "client_id": "demat-broker", "client_secret": "piste-secret",
+            "login": "TECH_DEMAT", "password": "cpro-password", "siret": SIRET}
+        return ChorusSettings.model_validate({**given, **changes})
+
+    def client(self, tokens: TokenCache | None = None, **changes: Any) -> ChorusClient:
+        return ChorusClient(self.http, self.settings(**changes), "21000000000000",
+                            tokens or TokenCache())
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return stats_of(self.app)
+
+
+@asynccontextmanager
+async def _peer(**options: Any) -> AsyncIterator[Peer]:
+    app = build_app(**options)
+    async with serving(app) as url, aiohttp.ClientSession() as http:
+        yield Peer(url, app, http)
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[Peer]:
+    async with _peer() as made:
+        yield made
+
+
+async def test_one_token_serves_many_calls_and_one_refresh_serves_many_callers(
+        peer: Peer) -> None:
+    peer.store.structure(SIRET)
+    tokens = TokenCache()
+    client = peer.client(tokens)
+    found = await asyncio.gather(*(client.structure(SIRET) for _ in range(20)))
+    assert {s.idStructureCPP for s in found} == {found[0].idStructureCPP}
+    assert peer.stats["tokens"] == 1
+    assert tokens.fetched["demat-broker"] == 1
+
+
+async def test_a_token_is_renewed_before_it_expires() -> None:
+    async with _peer(token_ttl=1.0) as peer:
+        peer.store.structure(SIRET)
+        now = [0.0]
+        tokens = TokenCache(clock=lambda: now[0])
+        client = peer.client(tokens)
+        await client.structure(SIRET)
+        now[0] = 0.95  # within the last tenth of its life: renewed without a 401 first
+        await client.structure(SIRET)
+        assert peer.stats["tokens"] == 2
+        assert peer.stats["requests"] == 4  # two tokens, two calls: no refused call
+
+
+async def test_a_refused_token_is_renewed_once_and_the_call_made_again(peer: Peer) -> None:
+    peer.store.structure(SIRET)
+    client = peer.client()
+    await client.structure(SIRET)
+    peer.store.tokens.clear()  # PISTE forgets it (revoked, restarted...)
+    assert (await client.structure(SIRET)).identifiantStructure == SIRET
+    assert peer.stats["tokens"] == 2
+
+
+async def test_a_wrong_application_secret_is_permanent_and_says_which(peer: Peer) -> None:
+    with pytest.raises(PermanentError, match="'demat-broker' is refused"):
+        await peer.client(client_secret="wrong").health()
+
+
+async def test_a_wrong_technical_account_is_refused(peer: Peer) -> None:
+    with pytest.raises(PermanentError, match="403"):
+        await peer.client(password="wrong").health()
+
+
+async def test_a_search_reads_every_page_within_the_window(peer: Peer) -> None:
+    structure = peer.store.structure(SIRET)
+    made = [peer.store.add(SIRET) for _ in range(25)]
+    other = peer.store.add(siret(22))
+    old = made[0]
+    old.history[-1].at -= timedelta(days=40)
+    client = peer.client()
+    now = datetime.now(UTC)
+    found = [s async for s in client.search_received(structure.id, now - timedelta(days=30),
+                                                     now + timedelta(minutes=1), page_size=10)]
+    assert [s.idFacture for s in found] == [i.id for i in made[1:]]
+    assert all(s.statut == "MISE_A_DISPOSITION" and s.codeDestinataire == SIRET for s in found)
+    assert other.id not in {s.idFacture for s in found}
+    assert peer.stats["searches"] == 3
+
+
+async def test_a_search_without_result_is_empty(peer: Peer) -> None:
+    structure = peer.store.structure(SIRET)
+    now = datetime.now(UTC)
+    assert [s async for s in peer.client().search_received(structure.id, now, now)] == []
+
+
+async def test_an_unknown_structure_is_said(peer: Peer) -> None:
+    with pytest.raises(PermanentError, match=f"no structure with SIRET {SIRET}"):
+        await peer.client().structure(SIRET)
+
+
+async def test_a_download_gives_each_invoice_pivot(peer: Peer, tmp_path: Path) -> None:
+    invoice = peer.store.add(SIRET, facturx=True)
+    [file] = await peer.client().download([invoice.id], tmp_path)
+    assert file.name == f"facture_{invoice.id}.xml"
+    reading = read_pivot(file.path, tmp_path / "read")
+    assert reading.problems == []
+    assert reading.invoices[0].number == invoice.number
+    assert reading.invoices[0].chorus_id == invoice.id
+
+
+async def test_a_group_over_the_cap_is_split_until_each_part_fits(tmp_path: Path) -> None:
+    async with _peer(download_cap=300_000) as peer:
+        ids = [peer.store.add(SIRET, attachment_bytes=60_000).id for _ in range(8)]
+        files = await peer.client().download(ids, tmp_path)
+        assert sorted(f.name for f in files) == sorted(f"facture_{i}.xml" for i in ids)
+        assert peer.stats["too_large"] >= 1
+        assert peer.stats["invoices_downloaded"] == 8  # each once, whatever the splits
+        big = peer.store.add(SIRET, attachment_bytes=400_000)
+        with pytest.raises(TooLarge, match=f"invoice {big.id} alone"):
+            await peer.client().download([big.id], tmp_path / "big")
+
+
+async def test_status_changes_and_their_refusals(peer: Peer) -> None:
+    invoice = peer.store.add(SIRET)
+    client = peer.client()
+    assert "SERVICE_FAIT" in await client.next_statuses("MISE_A_DISPOSITION")
+    done = await client.process(invoice.id, Change("SERVICE_FAIT"))
+    assert (done.idFacture, done.nouveauStatut) == (invoice.id, "SERVICE_FAIT")
+    with pytest.raises(StatusInconsistent, match="20002"):
+        await client.process(invoice.id, Change("A_RECYCLER"))
+    with pytest.raises(PermanentError, match="motif est obligatoire"):
+        await client.process(invoice.id, Change("REJETEE"))
+    done = await client.process(invoice.id, Change("MANDATEE", numero_dp_mandat="M-17"))
+    history = await client.history(invoice.id)
+    assert history.statutCourantCode == "MANDATEE"
+    assert [e.histoStatutCode for e in history.entries][:2] == ["MANDATEE", "SERVICE_FAIT"]
+    assert [e.histoStatutCode for e in history.oldest_first()][-2:] == ["SERVICE_FAIT",
+                                                                       "MANDATEE"]
+    assert peer.stats["status_changes"] == 2
+    assert peer.stats["duplicates"] == 0
+
+
+async def test_an_unknown_invoice_is_a_functional_error(peer: Peer) -> None:
+    with pytest.raises(PermanentError, match=r"GDP_MSG_11\.008"):
+        await peer.client().history(999_999)
+
+
+async def test_rate_limits_and_server_errors_are_transient_and_ridden_out() -> None:
+    async with _peer(rate=3) as peer:
+        peer.store.structure(SIRET)
+        client = peer.client()
+        with pytest.raises(TransientError) as raised:
+            for _ in range(6):
+                await client.structure(SIRET)
+        assert raised.value.retry_after == 1.0
+        retry = InCallRetry(RetryPolicy(in_call_attempts=6, in_call_initial=0.05,
+                                        in_call_max=1.5))
+        found = await asyncio.gather(*(retry(lambda: client.structure(SIRET))
+                                       for _ in range(8)))
+        assert len(found) == 8
+        assert peer.stats["rate_limited"] >= 1
+    async with _peer(faults=[FaultRule(kind="503", count=2, path="/cpro/",
+                                       retry_after=0)]) as peer:
+        client = peer.client()
+        retry = InCallRetry(RetryPolicy(in_call_attempts=4, in_call_initial=0.01, in_call_max=0.05))
+        assert await retry(client.health) == "CODE PAR DEFAUT"
+        assert peer.stats["faults_503"] == 2
