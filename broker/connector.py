@@ -35,7 +35,10 @@ __all__ = [
     "Connector",
     "ConnectorSettings",
     "Done",
+    "FetchSource",
+    "Fetched",
     "FileView",
+    "Found",
     "Incoming",
     "IngestSource",
     "NewFile",
@@ -194,3 +197,36 @@ class IngestSource(Protocol):
     async def acknowledge(self, config: Mapping[str, Any], http: aiohttp.ClientSession,
                           key: str) -> None:
         """Tell the peer the document is safely stored (it stops offering it)."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """Something a fetch found at the peer (an invoice whose status changed...)."""
+
+    # Never two documents of ``flow`` for one key of an entity (an invoice and the status
+    # change that made it need work).
+    key: str
+    flow: str
+    metadata: dict[str, Any]
+    summary: str = ""
+    # Why it needs no document (nothing for the entity to do), journaled as skipped.
+    skip: str | None = None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    found: list[Found]
+    # Where the next fetch starts (the peer's time window, its ids...), kept by the broker.
+    cursor: dict[str, Any]
+
+
+@runtime_checkable
+class FetchSource(Protocol):
+    """A connector that asks its peer, from a cursor, what changed for the entity."""
+
+    def fetch_every(self, config: Mapping[str, Any], entity: str) -> float:
+        """Seconds between two fetches for this entity."""
+
+    async def fetch(self, config: Mapping[str, Any], entity: str, http: aiohttp.ClientSession,
+                    cursor: Mapping[str, Any] | None) -> Fetched:
+        """What changed since ``cursor`` (None: the first fetch), and the next cursor."""

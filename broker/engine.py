@@ -321,6 +321,22 @@ def act(flow: Flow, doc: Doc, action: str, now: float, actor: str) -> Transition
     return _changed(doc, transition)
 
 
+def follow_up(flow: Flow, doc: Doc, name: str, now: float, actor: str,
+              asked: Mapping[str, Any], metadata: Mapping[str, Any]) -> Transition:
+    """A request taken by the step the document waits in: that step runs again now."""
+    step = flow.follow_ups[name].step
+    if doc.state not in (WAITING, RETRYING, QUEUED) or doc.step != step:
+        at = f" at step {doc.step}" if doc.step else ""
+        raise NotAllowed(f"{name} is taken while document {doc.id} waits at step {step}; it "
+                         f"is {doc.state}{at}"
+                         + ("; ask again in a moment" if doc.state == RUNNING else ""))
+    transition = Transition(QUEUED, step, doc.run, _run_job(flow, step, "run", doc.run, now),
+                            journal=[Entry("operator", {"action": name, "step": step,
+                                                        "asked": dict(asked)}, doc.id, actor)],
+                            metadata=dict(metadata))
+    return _changed(doc, transition)
+
+
 def cancel(doc: Doc, now: float, actor: str) -> Transition:
     if doc.state in TERMINAL:
         raise NotAllowed(f"document {doc.id} is already {doc.state}")

@@ -4,14 +4,16 @@ and asking for an entity's classification to be fetched again."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from pydantic import ValidationError
 
 from broker import accounts
 from broker import engine as eng
 from broker.accounts import Principal
 from broker.errors import ServiceError, not_found
-from broker.flows.base import Flow, Problem
+from broker.flows.base import Flow, FollowUpRefused, Problem
 from broker.intake import Submitted, submit
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
@@ -54,27 +56,62 @@ def allowed(flow: Flow | None, state: str, metadata: Mapping[str, Any],
     return found
 
 
-async def _operate(rt: Runtime, who: Principal, document_id: str, action: str) -> dict[str, Any]:
+Make = Callable[[Flow, eng.Doc, Any, float], eng.Transition]
+
+
+async def _move(rt: Runtime, who: Principal, document_id: str, why: str,
+                make: Make) -> dict[str, Any]:
+    """Lock the document, ``make`` its transition, supersede its open jobs and write it."""
     await visible_document(rt, who, document_id)
     t = now()
     async with rt.db.begin() as conn:
         row = await docs.lock_document(conn, document_id)
         assert row is not None
         doc = docs.doc_of(row)
-        flow = rt.flows[doc.flow]
         try:
-            if action == "cancel":
-                transition = eng.cancel(doc, t, who.actor)
-            elif action in ("retry", "replay"):
-                transition = eng.retry(flow, doc, t, who.actor, action)
-            else:
-                transition = eng.act(flow, doc, action, t, who.actor)
+            transition = make(rt.flows[doc.flow], doc, row, t)
         except eng.NotAllowed as exc:
             raise ServiceError(409, str(exc)) from exc
-        await docs.cancel_open_jobs(conn, document_id, t, f"superseded by {action}")
+        await docs.cancel_open_jobs(conn, document_id, t, f"superseded by {why}")
         await docs.write_transition(conn, doc, row.entity, transition, t)
     rt.notifier.notify()
     return await get_document(rt, who, document_id)
+
+
+async def _operate(rt: Runtime, who: Principal, document_id: str, action: str) -> dict[str, Any]:
+    def make(flow: Flow, doc: eng.Doc, _row: Any, t: float) -> eng.Transition:
+        if action == "cancel":
+            return eng.cancel(doc, t, who.actor)
+        if action in ("retry", "replay"):
+            return eng.retry(flow, doc, t, who.actor, action)
+        return eng.act(flow, doc, action, t, who.actor)
+
+    return await _move(rt, who, document_id, action, make)
+
+
+async def follow_up(rt: Runtime, who: Principal, document_id: str, name: str,
+                    body: bytes) -> dict[str, Any]:
+    """A request the step a document waits in takes (an invoice's next statuses): checked
+    whole by the flow before anything is changed or sent, then that step runs at once."""
+    def make(flow: Flow, doc: eng.Doc, row: Any, t: float) -> eng.Transition:
+        wanted = flow.follow_ups.get(name)
+        if wanted is None:
+            offered = ", ".join(sorted(flow.follow_ups)) or "none"
+            raise not_found(f"request {name!r} for flow {flow.name} (requests: {offered})")
+        try:
+            asked = wanted.model.model_validate_json(body)
+        except ValidationError as exc:
+            raise ServiceError(422, f"invalid {name} request", [
+                Problem(".".join(str(p) for p in e["loc"]) or "body", e["msg"])
+                for e in exc.errors()]) from exc
+        try:
+            update = wanted.accept(doc.metadata, row.refs, asked, who.actor)
+        except FollowUpRefused as exc:
+            raise ServiceError(422, str(exc), exc.problems) from exc
+        return eng.follow_up(flow, doc, name, t, who.actor,
+                             asked.model_dump(mode="json", exclude_none=True), update)
+
+    return await _move(rt, who, document_id, name, make)
 
 
 async def perform(rt: Runtime, who: Principal, document_id: str,

@@ -15,6 +15,7 @@ from broker import accounts
 from broker.api.app import build_app
 from broker.catalog import CatalogError
 from broker.entity_settings import SettingsError
+from broker.fetch import Fetcher
 from broker.ingest import Ingestor
 from broker.relay import Relay
 from broker.runtime import Runtime
@@ -70,6 +71,9 @@ async def run(settings: Settings, roles: Roles, *,
             ingestor = Ingestor(rt)
             await ingestor.start()
             stack.push_async_callback(ingestor.stop)
+            fetcher = Fetcher(rt)
+            await fetcher.start()
+            stack.push_async_callback(fetcher.stop)
         if roles.worker:
             worker = Worker(rt, list(roles.connectors) or None)
             await worker.start()

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     relay_batch: int = 500
     # How often peers are asked for documents they send on their own (préfecture letters).
     ingest_interval: str = "1m"
+    # How often the fetches from peers that keep a cursor (Chorus Pro invoices) are looked
+    # at; each runs at its own cadence (an entity's setting), one process at a time.
+    fetch_tick: str = "1s"
+    # A fetch's lease, renewed while it runs: a process that died frees it after this.
+    fetch_lease: str = "2m"
     # Uploads larger than this are refused (flows may set a lower cap).
     max_upload: int = 150 * 1024 * 1024
     # HELIOS: the CA bundle (PEM) a PES's XAdES signatures must chain to; unset, signatures
@@ -83,7 +88,8 @@ class Settings(BaseSettings):
     # A document in one step longer than this is shown stuck: per "flow.step", then for
     # any other step.
     stuck_after: str = ("actes.sign=10d,helios.sign=10d,actes.transmit=2d,actes.cancel=2d,"
-                        "helios.transmit=48h,actes.archive=7d,helios.archive=7d")
+                        "helios.transmit=48h,actes.archive=7d,helios.archive=7d,facture.visa=10d,"
+                        "facture.status=60d")
     stuck_default: str = "1h"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"

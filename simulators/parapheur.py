@@ -75,6 +75,7 @@ DEFAULT_TYPES: dict[str, tuple[str, ...]] = {
     "ACTES": ("Deliberation", "Arrete", "Contrat"),
     "PES": ("Bordereau",),
     "Courrier": ("Signature",),
+    "FACTURES": ("Visa",),
 }
 DEFAULT_REJECT_ANNOTATION = "Montant erroné à l'article 2, merci de corriger."
 DEFAULT_SIGNER = "Marie Martin"

@@ -210,6 +210,12 @@ async def action(request: web.Request) -> web.Response:
                                                    request.match_info["action"]))
 
 
+async def follow_up(request: web.Request) -> web.Response:
+    return web.json_response(await operations.follow_up(
+        _rt(request), _who(request), request.match_info["id"], request.match_info["name"],
+        await request.read()))
+
+
 async def get_classification(request: web.Request) -> web.Response:
     return web.json_response(await views.classification_of(
         _rt(request), _who(request), request.match_info["siren"],
@@ -339,6 +345,7 @@ def build_app(runtime: Runtime) -> web.Application:
         web.post("/api/v1/documents/{id}/retry", retry),
         web.post("/api/v1/documents/{id}/cancel", cancel),
         web.post("/api/v1/documents/{id}/actions/{action}", action),
+        web.post("/api/v1/documents/{id}/requests/{name}", follow_up),
         web.get("/api/v1/entities", list_entities),
         web.post("/api/v1/entities", create_entity),
         web.get("/api/v1/entities/{siren}", get_entity),

@@ -67,11 +67,21 @@ def build(flows: Mapping[str, Flow]) -> dict[str, Any]:
     doc_id = _param("id", "path")
     siren = _param("siren", "path")
     schemas = dict(defs.get("$defs", {}))
+    follow_ups = {(flow.name, name): f for flow in flows.values()
+                  for name, f in flow.follow_ups.items()}
+    for f in follow_ups.values():
+        found = f.model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(found.pop("$defs", {}))
+        schemas[f.model.__name__] = found
     return {
         "openapi": "3.1.0",
         "info": {"title": "demat-broker", "version": "1"},
         # What each flow takes: its file parts (by role) and its metadata's schema.
         "x-flows": {name: _flow(flows[name], schemas) for name in submittable},
+        # What a waiting document's step takes from the API, per flow (an invoice's statuses).
+        "x-requests": {f"{flow}/{name}": {"step": f.step, "description": f.description,
+                                           "body": _ref(f.model)}
+                       for (flow, name), f in sorted(follow_ups.items())},
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -126,6 +136,20 @@ def build(flows: Mapping[str, Flow]) -> dict[str, Any]:
                 "parameters": [doc_id, _param("action", "path")],
                 "responses": {"200": _json(m.DocumentOut), **_ERRORS,
                               "409": _json(m.ErrorOut, "not possible in this state")}}},
+            "/api/v1/documents/{id}/requests/{name}": {"post": {
+                "summary": "A request the step a document waits in takes (facture: statuts, "
+                           "the invoice's next statuses), checked whole before anything is "
+                           "sent",
+                "parameters": [doc_id, _param("name", "path", schema={
+                    "type": "string", "enum": sorted({n for _, n in follow_ups})})],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "oneOf": [_ref(f.model) for f in follow_ups.values()]}}}},
+                "responses": {"200": _json(m.DocumentOut), **_ERRORS,
+                              "409": _json(m.ErrorOut, "the document is not waiting at the "
+                                                       "step that takes it"),
+                              "422": _json(m.ErrorOut, "refused (a transition not allowed "
+                                                       "from the current status names the "
+                                                       "allowed ones)")}}},
             "/api/v1/entities": {
                 "get": {"summary": "Entities (operators only), by SIREN, with cursor paging",
                         "parameters": [_param("limit"), _param("cursor")],

@@ -80,6 +80,29 @@ class Intake:
     classification_date: str | None = None
 
 
+class FollowUpRefused(ValueError):
+    """A follow-up request that cannot be taken, and every reason (nothing is changed)."""
+
+    def __init__(self, message: str, problems: Sequence[Problem]) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A request a waiting step takes from the API (an invoice's next statuses).
+
+    ``accept`` gets the document's metadata and references, the request (``model``) and
+    who asks; it returns what to merge into the metadata, or raises FollowUpRefused. The
+    step is then run at once and does what was asked.
+    """
+
+    step: str
+    model: type[BaseModel]
+    accept: Callable[[Mapping[str, Any], Mapping[str, str], BaseModel, str], dict[str, Any]]
+    description: str = ""
+
+
 @dataclass(frozen=True)
 class Flow:
     name: str
@@ -101,6 +124,8 @@ class Flow:
     on_rejected: frozenset[str] = frozenset()
     # Files of these roles are read by their inspector while they stream in.
     inspectors: Mapping[str, Inspector] = field(default_factory=dict)
+    # Requests a waiting step takes from the API: name -> follow-up.
+    follow_ups: Mapping[str, FollowUp] = field(default_factory=dict)
 
     def step(self, name: str) -> Step:
         for step in self.steps:

@@ -204,3 +204,18 @@ ended_hours = sa.Table(
     sa.Column("state", sa.String(16), primary_key=True),
     sa.Column("n", sa.BigInteger, nullable=False),
 )
+
+# Where each entity's fetch from a peer stands: the peer's cursor, the lease of the process
+# running it now (never two at once for one entity), and when it runs next.
+fetch_cursors = sa.Table(
+    "fetch_cursors",
+    metadata,
+    sa.Column("entity", sa.String(9), primary_key=True),
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("cursor", JSON, nullable=True),
+    sa.Column("next_run_at", TIME, nullable=False),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_until", TIME, nullable=True),
+    sa.Column("last_run_at", TIME, nullable=True),
+    sa.Column("last_result", JSON, nullable=True),
+)

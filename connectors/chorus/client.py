@@ -69,7 +69,11 @@ class NoResult(Exception):
     """``codeRetour`` 20000/20007: the search found nothing."""
 
 
-class StatusInconsistent(PermanentError):
+class Refused(PermanentError):
+    """Chorus Pro answered, and said no: a ``codeRetour`` or a functional error."""
+
+
+class StatusInconsistent(Refused):
     """``codeRetour`` 20002: Chorus Pro refuses the status change from the current one."""
 
 
@@ -165,7 +169,7 @@ def _coded(body: Any, what: str) -> dict[str, Any]:
         raise PermanentError(f"{what}: the answer is not a JSON object")
     functional = body.get("retourFonctionnel")
     if isinstance(functional, dict):
-        raise PermanentError(f"{what}: {functional.get('codeRetourFonctionnel')} "
+        raise Refused(f"{what}: {functional.get('codeRetourFonctionnel')} "
                              f"{functional.get('libelleRetourFonctionnel')}")
     code = body.get("codeRetour", OK)
     try:
@@ -179,7 +183,7 @@ def _coded(body: Any, what: str) -> dict[str, Any]:
     label = body.get("libelle") or ""
     if code == STATUS_INCONSISTENT:
         raise StatusInconsistent(f"{what}: codeRetour {code}: {label}")
-    raise PermanentError(f"{what}: codeRetour {code}: {label}")
+    raise Refused(f"{what}: codeRetour {code}: {label}")
 
 
 class ChorusClient:
@@ -313,6 +317,7 @@ class ChorusClient:
                        attachments: bool = True) -> list[Unpacked]:
         """The files of ``invoices`` unpacked into ``into``; groups Chorus Pro finds too
         large are split until each fits (one invoice too large is an error)."""
+        await asyncio.to_thread(into.mkdir, parents=True, exist_ok=True)
         groups = [list(invoices)]
         files: list[Unpacked] = []
         part = 0

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from pydantic import BaseModel, ConfigDict
 
 from connectors.base import (
     Done,
+    FileView,
     Outcome,
     PermanentError,
     StepContext,
@@ -54,6 +56,21 @@ def depot_target(config: Mapping[str, Any], entity: str) -> HttpTarget | FolderT
                       settings.timeout)
 
 
+class DeliverOptions(BaseModel):
+    """Which of the document's files go (``Step.options``): ``document`` by default; an
+    invoice sends its PDF, attachments, PIVOT and data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    roles: tuple[str, ...] = ("document",)
+
+
+def delivered(ctx: StepContext) -> list[FileView]:
+    """The files the step delivers, by role in the options' order."""
+    roles = DeliverOptions.model_validate(dict(ctx.options)).roles
+    return [f for role in roles for f in ctx.files_with_role(role)]
+
+
 def manifest(ctx: StepContext) -> dict[str, Any]:
     """The metadata sent with the files (HTTP part ``metadata.json`` or folder sidecar)."""
     return {
@@ -62,8 +79,8 @@ def manifest(ctx: StepContext) -> dict[str, Any]:
         "entity": ctx.entity,
         "metadata": dict(ctx.metadata),
         "files": [
-            {"name": f.name, "sha256": f.sha256, "size": f.size}
-            for f in ctx.files_with_role("document")
+            {"name": f.name, "sha256": f.sha256, "size": f.size, "role": f.role}
+            for f in delivered(ctx)
         ],
     }
 
@@ -93,13 +110,15 @@ async def check_target(target: HttpTarget | FolderTarget, http: aiohttp.ClientSe
 
 
 class DepotConnector:
-    """Delivers the files with role ``document`` and the metadata, once."""
+    """Delivers the files of the step's roles (``document``) and the metadata, once."""
 
     name = "depot"
     steps = frozenset({"deliver"})
     settings_key = "depot"
     settings = DepotSettings
-    serves = frozenset({("depot", "deliver"), ("helios-retour", "deliver")})
+    options = DeliverOptions
+    serves = frozenset({("depot", "deliver"), ("helios-retour", "deliver"),
+                        ("facture", "deliver")})
 
     async def check(self, config: Mapping[str, Any], entity: str,
                     http: aiohttp.ClientSession) -> str:
@@ -109,9 +128,11 @@ class DepotConnector:
         if ctx.step not in self.steps:
             raise PermanentError(f"the depot connector has no step {ctx.step!r}")
         target = depot_target(ctx.config, ctx.entity)
-        files = ctx.files_with_role("document")
+        files = delivered(ctx)
         if not files:
-            raise PermanentError(f"document {ctx.document_id} has no file with role 'document'")
+            roles = " or ".join(repr(r) for r in
+                                DeliverOptions.model_validate(dict(ctx.options)).roles)
+            raise PermanentError(f"document {ctx.document_id} has no file with role {roles}")
         body = manifest(ctx)
         if isinstance(target, FolderTarget):
             drop = await deliver_to_folder(target.path, ctx.document_id, files, body)

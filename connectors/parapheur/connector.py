@@ -118,11 +118,11 @@ class ParapheurConnector:
     """Signature in i-Parapheur through its v4 SOAP web services."""
 
     name = "parapheur"
-    steps = frozenset({"sign"})
+    steps = frozenset({"sign", "visa"})
     settings_key = "parapheur"
     settings = ParapheurSettings
     options = SignOptions
-    serves = frozenset({("actes", "sign"), ("helios", "sign")})
+    serves = frozenset({("actes", "sign"), ("helios", "sign"), ("facture", "visa")})
 
     async def check(self, config: Mapping[str, Any], entity: str,
                     http: aiohttp.ClientSession) -> str:

@@ -76,7 +76,8 @@ class Step:
             "flow": "helios",
             "entity": ENTITY,
             "metadata": self.metadata,
-            "files": [{"name": f.name, "sha256": f.sha256, "size": f.size} for f in documents],
+            "files": [{"name": f.name, "sha256": f.sha256, "size": f.size, "role": "document"}
+                      for f in documents],
         }
 
 
@@ -134,7 +135,9 @@ async def test_delivers_once_with_metadata_and_files(step: Step, inbox: Inbox) -
     assert done.note == "delivered"
     assert receipt["key"] == DOC
     assert receipt["metadata"] == step.manifest()
-    assert receipt["files"] == step.manifest()["files"]  # sha256 computed by the peer
+    # The sha256 the peer computed; the role is the broker's word.
+    assert receipt["files"] == [{k: v for k, v in f.items() if k != "role"}
+                                for f in step.manifest()["files"]]
     stored = sorted((step.tmp_path / "gf" / receipt["receipt"]).iterdir())
     assert [p.read_bytes() for p in stored] == [f.path.read_bytes() for f in step.files[:2]]
     assert step.attempts == []

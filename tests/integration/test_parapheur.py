@@ -412,7 +412,7 @@ async def test_soap_fault_and_ko_are_permanent_with_the_parapheurs_words(
 
     with pytest.raises(SoapFault, match="DossierID invalide"):
         await client.creer_dossier(NewDossier("bad id", "ACTES", "Arrete", new.document))
-    assert await client.get_liste_types() == ["ACTES", "PES", "Courrier"]
+    assert await client.get_liste_types() == ["ACTES", "PES", "Courrier", "FACTURES"]
     assert await client.get_liste_sous_types("ACTES") == ["Deliberation", "Arrete", "Contrat"]
 
 

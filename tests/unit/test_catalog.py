@@ -81,7 +81,8 @@ def test_the_shipped_catalog_resolves_every_step() -> None:
     for f in shipped.flows.values():
         for step in f.steps:
             assert (f.name, step.name) in shipped.connector_for(f.name, step.name).serves
-    assert set(shipped.settings.models) == {"depot", "parapheur", "tdt", "sae", "callback"}
+    assert set(shipped.settings.models) == {"depot", "parapheur", "tdt", "sae", "callback",
+                                            "chorus"}
 
 
 def test_step_options_are_checked_against_the_connector_when_built() -> None:

@@ -31,7 +31,7 @@ def test_every_problem_is_named_by_entity_connector_and_field() -> None:
         (f"entity {ENTITY}: connectors.depot.timeout", "Input should be greater than 0 (got '-1')"),
         (f"entity {ENTITY}: connectors.parapheur.sous_type", "required"),
         (f"entity {ENTITY}: connectors.ftp",
-         "no connector has settings 'ftp' (known: callback, depot, parapheur, sae, tdt)"),
+         "no connector has settings 'ftp' (known: callback, chorus, depot, parapheur, sae, tdt)"),
     ]
 
 

@@ -1,0 +1,80 @@
+"""Which invoices an entity has to process: a search by status change since the cursor.
+
+The cursor is the end of the last window searched; the next window starts a few minutes
+before it (clocks differ, Chorus Pro commits late), and the broker's keys make the overlap
+harmless. One invoice needs work when it is newly available to the recipient
+(MISE_A_DISPOSITION) or completed by its supplier after a suspension (COMPLETEE); its key
+is the invoice and that status change, so each change makes at most one document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+
+from connectors.base import Fetched, Found
+from connectors.chorus.client import ChorusClient
+from connectors.chorus.models import InvoiceSummary
+from connectors.chorus.settings import ChorusSettings
+from connectors.chorus.statuses import LABELS, TO_PROCESS
+
+FLOW = "facture"
+OVERLAP = timedelta(minutes=5)
+
+
+def key_of(summary: InvoiceSummary) -> str:
+    return f"{summary.idFacture}:{summary.statut}:{summary.dateHeureEtatCourant or ''}"
+
+
+def metadata_of(summary: InvoiceSummary, settings: ChorusSettings) -> dict[str, Any]:
+    def amount(value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    return {
+        "id_facture": summary.idFacture, "numero_facture": summary.numeroFacture,
+        "statut": summary.statut, "statut_depuis": summary.dateHeureEtatCourant,
+        "destinataire": {"id": summary.idDestinataire, "siret": summary.codeDestinataire},
+        "service": {"id": summary.idServiceExecutant, "code": summary.codeServiceExecutant},
+        "fournisseur": {"code": summary.codeFournisseur,
+                        "designation": summary.designationFournisseur,
+                        "type_identifiant": summary.typeIdentifiantFournisseur},
+        "montants": {"ht": amount(summary.montantHT), "ttc": amount(summary.montantTTC),
+                     "a_payer": amount(summary.montantAPayer), "devise": summary.devise},
+        "date_facture": summary.dateFacture, "date_depot": summary.dateDepot,
+        "type_facture": summary.typeFacture,
+        "numero_bon_commande": summary.numeroBonCommande,
+        "numero_marche": summary.numeroMarche,
+        "visa": settings.visa, "archive": settings.archive,
+        # The parapheur's dossier title.
+        "objet": f"Facture {summary.numeroFacture} de {summary.designationFournisseur}"[:255],
+    }
+
+
+async def fetch(config: Mapping[str, Any], entity: str, http: aiohttp.ClientSession,
+                cursor: Mapping[str, Any] | None) -> Fetched:
+    client = ChorusClient.of(http, config, entity)
+    settings = client.settings
+    # Chorus Pro takes whole seconds: the window ends after this one.
+    until = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    structure = (cursor or {}).get("structure")
+    if not isinstance(structure, int):
+        structure = (await client.structure(settings.siret)).idStructureCPP
+    last = (cursor or {}).get("until")
+    since = (datetime.fromisoformat(last) - OVERLAP if isinstance(last, str)
+             else until - timedelta(days=settings.first_window_days))
+    found = []
+    async for summary in client.search_received(structure, since, until,
+                                                page_size=settings.page_size):
+        skip = None
+        if summary.statut not in TO_PROCESS:
+            skip = f"statut {summary.statut}"
+        elif settings.services and summary.codeServiceExecutant not in settings.services:
+            skip = f"service {summary.codeServiceExecutant} not followed"
+        found.append(Found(
+            key=key_of(summary), flow=FLOW, metadata=metadata_of(summary, settings),
+            summary=f"facture {summary.numeroFacture} de {summary.designationFournisseur}, "
+                    f"{LABELS.get(summary.statut, summary.statut)}", skip=skip))
+    return Fetched(found, {"structure": structure, "until": until.isoformat()})

@@ -1,0 +1,128 @@
+"""Step ``status``: the recipient's statuses sent to Chorus Pro, each once, in order.
+
+The finance software (or an operator) asks through the API for the next statuses; each
+request is checked against the transitions when it is made (``statuses.plan``) and kept
+in the document's metadata (``statuts_demandes``). This step sends the changes not sent
+yet, one at a time: before each an intent mark is saved; a run that finds a mark without
+its outcome asks Chorus Pro's history first and adopts a change already made there, so a
+crash never sends a status twice. A change Chorus Pro refuses is kept as refused and the
+rest of its chain is not sent. The step waits (polling the history) until the invoice is
+closed for the recipient — rejected, suspended, to recycle, paid — and then ends.
+
+A visa refused in the parapheur comes here as the flow's rejection: the invoice is sent
+REJETEE with the signer's annotation as motif. An invoice the broker itself refused is
+not touched: a person decides what to tell the supplier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from connectors.base import (
+    REJECTION,
+    Done,
+    Outcome,
+    Pending,
+    PermanentError,
+    StepContext,
+)
+from connectors.chorus.client import ChorusClient, Refused
+from connectors.chorus.statuses import CLOSED, MAX_MOTIF, Change
+
+REQUESTS = "statuts_demandes"
+CURRENT = "chorus.statut"
+# Polls of an invoice waiting for its next status: at most hourly.
+WAIT = 3600.0
+SENT = "sent"
+REFUSED = "refused"
+
+
+def current_status(metadata: Mapping[str, Any], refs: Mapping[str, str]) -> str:
+    """The invoice's status as the broker last knew it."""
+    return refs.get(CURRENT) or str(metadata.get("statut") or "")
+
+
+def pending_changes(metadata: Mapping[str, Any], refs: Mapping[str, str]
+                    ) -> list[tuple[str, Change]]:
+    """(ref, change) of every requested change with no outcome yet, in order; the rest of a
+    chain after a refused change is dropped."""
+    out = []
+    for n, request in enumerate(metadata.get(REQUESTS) or (), 1):
+        for m, status in enumerate(request.get("statuts") or (), 1):
+            ref = f"statut.{n}.{m}"
+            outcome = refs.get(ref, "")
+            if outcome.startswith(REFUSED):
+                break
+            if outcome.startswith(SENT):
+                continue
+            out.append((ref, Change(status, request.get("motif"),
+                                    request.get("numero_dp_mandat"))))
+    return out
+
+
+async def _save(ctx: StepContext, key: str, value: str) -> None:
+    if ctx.save_ref is not None:
+        await ctx.save_ref(key, value)
+
+
+async def _send_once(ctx: StepContext, client: ChorusClient, invoice: int, ref: str,
+                     change: Change) -> str | None:
+    """Send ``change`` unless an earlier run did; the refusal's reason, or None when sent."""
+    intent = ctx.refs.get(ref) == "sending" or ctx.save_ref is None
+    if intent:
+        history = await ctx.call(lambda: client.history(invoice))
+        if history.statutCourantCode == change.status:
+            await _save(ctx, ref, f"{SENT} (found at Chorus Pro)")
+            return None
+    await _save(ctx, ref, "sending")
+    try:
+        answer = await ctx.call(lambda: client.process(invoice, change))
+    except Refused as exc:
+        await _save(ctx, ref, f"{REFUSED}: {exc.message}")
+        return exc.message
+    await _save(ctx, ref, f"{SENT} {answer.dateTraitement or ''}".rstrip())
+    await _save(ctx, CURRENT, change.status)
+    return None
+
+
+async def send_statuses(ctx: StepContext) -> Outcome:
+    client = ChorusClient.of(ctx.http, ctx.config, ctx.entity)
+    invoice = int(ctx.metadata["id_facture"])
+    rejection = ctx.metadata.get(REJECTION)
+    if isinstance(rejection, Mapping):
+        return await _after_rejection(ctx, client, invoice, rejection)
+    current = current_status(ctx.metadata, ctx.refs)
+    refused = []
+    for ref, change in pending_changes(ctx.metadata, ctx.refs):
+        said = await _send_once(ctx, client, invoice, ref, change)
+        if said is None:
+            current = change.status
+        else:
+            refused.append(f"{change.status}: {said}")
+    if current not in CLOSED:
+        # Chorus Pro may move on without the broker (Hélios pays a mandated invoice).
+        history = await ctx.call(lambda: client.history(invoice))
+        if history.statutCourantCode != current:
+            current = history.statutCourantCode
+            await _save(ctx, CURRENT, current)
+    if current in CLOSED:
+        return Done(metadata={"statut": current}, note=f"invoice {current}")
+    note = f"invoice {current}; waiting for its next status"
+    if refused:
+        note += " (refused by Chorus Pro: " + "; ".join(refused) + ")"
+    return Pending(WAIT, note=note)
+
+
+async def _after_rejection(ctx: StepContext, client: ChorusClient, invoice: int,
+                           rejection: Mapping[str, Any]) -> Outcome:
+    if rejection.get("step") != "visa":
+        return Done(note="nothing sent to Chorus Pro: the invoice was refused by the broker; "
+                         "a person decides what to tell the supplier")
+    motif = str(rejection.get("reason") or "").strip() or "Visa refusé"
+    change = Change("REJETEE", motif=motif[:MAX_MOTIF])
+    said = await _send_once(ctx, client, invoice, "statut.visa", change)
+    if said is not None:
+        raise PermanentError(f"Chorus Pro refused REJETEE after the refused visa: {said}")
+    return Done(metadata={"statut": "REJETEE", "motif": change.motif},
+                note=f"sent REJETEE: {change.motif}")

@@ -1,0 +1,262 @@
+"""Invoices through the broker (embedded runtime, relay, worker, fetcher) with the Chorus
+Pro, finance software and parapheur simulators over real HTTP: fetched once, checked,
+delivered once, statuses sent in order, a refused visa sent REJETEE with its annotation,
+a bad invoice refused with nothing delivered nor sent, never two fetches at once."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from broker import accounts, operations, views
+from broker.accounts import Principal
+from broker.errors import ServiceError
+from broker.fetch import Fetcher
+from broker.relay import Relay
+from broker.runtime import Runtime
+from broker.settings import Settings
+from broker.store import cursors
+from broker.store import journal as stored_journal
+from broker.wiring import catalog
+from broker.worker import Worker
+from simulators import chorus, gf, parapheur
+from simulators.chorus_samples import Spec, pivot, siret
+from simulators.common import serving, stats_of
+
+OPERATOR = Principal("t", accounts.OPERATOR, None)
+PLAIN, VISA = siret(31), siret(32)  # an entity without visa, one whose visas are refused
+ANNOTATION = parapheur.DEFAULT_REJECT_ANNOTATION
+
+
+@dataclass
+class Stack:
+    rt: Runtime
+    chorus: web.Application
+    chorus_url: str
+    inbox: web.Application
+    inbox_url: str
+    fetcher: Fetcher
+    http: aiohttp.ClientSession
+
+    @property
+    def store(self) -> chorus.ChorusStore:
+        return self.chorus[chorus.STORE]
+
+    async def fetch(self) -> list[Any]:
+        return await self.fetcher.pass_once(self.http)
+
+    async def receipts(self) -> list[dict[str, Any]]:
+        async with self.http.get(f"{self.inbox_url}/inbox") as resp:
+            return list((await resp.json())["receipts"])
+
+    async def documents(self) -> list[dict[str, Any]]:
+        return list((await views.list_documents(self.rt, OPERATOR, flow="facture",
+                                                limit=500))["items"])
+
+    async def document(self, document_id: str) -> dict[str, Any]:
+        return await views.get_document(self.rt, OPERATOR, document_id)
+
+
+def chorus_settings(url: str, code: str, **more: Any) -> dict[str, Any]:
+    return {"oauth_url": f"{url}/api/oauth/token", "api_url": url,
+            "client_id": "demat-broker", "client_secret": "piste-secret", "login": "TECH_DEMAT",
+            "password": "cpro-password", "siret": code, **more}
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with AsyncExitStack() as stack:
+        chorus_app = chorus.build_app(token_ttl=3600)
+        chorus_url = await stack.enter_async_context(serving(chorus_app))
+        inbox = gf.build_app(store_dir=tmp_path / "inbox")
+        inbox_url = await stack.enter_async_context(serving(inbox))
+        signer = parapheur.build_app(auto_sign_after=0.1, reject_ratio=1.0)
+        signer_url = await stack.enter_async_context(serving(signer))
+        settings = Settings(data_dir=tmp_path / "data", poll_first="100ms",
+                            retry_ladder="100ms,100ms,100ms", fetch_tick="1h")
+        rt = await Runtime.open(settings, catalog())
+        stack.push_async_callback(rt.close)
+        depot = {"url": f"{inbox_url}/inbox"}
+        async with rt.db.begin() as conn:
+            await accounts.upsert_entity(conn, PLAIN[:9], "Commune sans visa", {
+                "chorus": chorus_settings(chorus_url, PLAIN), "depot": depot},
+                rt.catalog.settings)
+            await accounts.upsert_entity(conn, VISA[:9], "Commune avec visa", {
+                "chorus": chorus_settings(chorus_url, VISA, visa=True), "depot": depot,
+                "parapheur": {"url": f"{signer_url}/ws-iparapheur", "type": "ACTES",
+                              "sous_type": "Deliberation", "poll_interval": 0.2,
+                              "circuits": {"facture": {"type": "FACTURES",
+                                                       "sous_type": "Visa"}}}},
+                rt.catalog.settings)
+        relay, worker = Relay(rt), Worker(rt)
+        await relay.start()
+        stack.push_async_callback(relay.stop)
+        await worker.start()
+        stack.push_async_callback(worker.stop)
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        chorus_app[chorus.STORE].structure(PLAIN)
+        chorus_app[chorus.STORE].structure(VISA)
+        yield Stack(rt, chorus_app, chorus_url, inbox, inbox_url, Fetcher(rt), http)
+
+
+async def until(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            if found := await check():
+                return found
+            await asyncio.sleep(0.05)
+
+
+async def settled(stack: Stack, count: int) -> list[dict[str, Any]]:
+    """The invoices' documents once each waits for its next status or has ended."""
+    async def check() -> list[dict[str, Any]] | None:
+        found = await stack.documents()
+        done = [d for d in found if d["state"] in ("completed", "rejected", "failed")
+                or (d["state"] == "waiting" and d["step"] == "status")]
+        return found if len(found) == count and len(done) == count else None
+    return list(await until(check))
+
+
+async def test_invoices_are_fetched_once_and_delivered_once(stack: Stack) -> None:
+    made = [stack.store.add(PLAIN) for _ in range(4)]
+    stack.store.add(PLAIN).history[-1].status = "SERVICE_FAIT"  # nothing to do for it
+    runs = await stack.fetch()
+    assert [(len(r.created), r.known, sum(r.skipped.values())) for r in runs
+            if r.entity == PLAIN[:9]] == [(4, 0, 1)]
+    async with stack.rt.db.begin() as conn:  # due again at once
+        await cursors.due_now(conn, PLAIN[:9], "chorus", 0.0)
+    again = [r for r in await stack.fetch() if r.entity == PLAIN[:9]]
+    assert [(len(r.created), r.known) for r in again] == [(0, 4)]
+    documents = await settled(stack, 4)
+    assert {d["metadata"]["id_facture"] for d in documents} == {i.id for i in made}
+    receipts = await stack.receipts()
+    assert len(receipts) == 4
+    for receipt in receipts:
+        names = {f["name"] for f in receipt["files"]}
+        invoice = stack.store.invoices[receipt["metadata"]["metadata"]["id_facture"]]
+        assert {f"{invoice.number}.pdf", f"facture_{invoice.id}.xml",
+                f"facture-{invoice.id}.json"} <= names
+        roles = {f["role"] for f in receipt["metadata"]["files"]}
+        assert {"facture", "pivot", "donnees"} <= roles
+    assert stats_of(stack.chorus)["invoices_downloaded"] == 4
+    journal = await stored_journal.verify(stack.rt.db)
+    assert journal.ok
+
+
+async def test_statuses_are_checked_first_then_sent_in_order(stack: Stack) -> None:
+    invoice = stack.store.add(PLAIN)
+    await stack.fetch()
+    [document] = await settled(stack, 1)
+    calls = stats_of(stack.chorus)["requests"]
+    with pytest.raises(ServiceError) as refused:
+        await operations.follow_up(stack.rt, OPERATOR, document["id"], "statuts",
+                                   b'{"statuts": "MISE_EN_PAIEMENT"}')
+    assert refused.value.status == 422
+    said = "; ".join(p.message for p in refused.value.problems)
+    assert "cannot become MISE_EN_PAIEMENT" in said and "SERVICE_FAIT" in said
+    with pytest.raises(ServiceError, match="needs a motif"):
+        await operations.follow_up(stack.rt, OPERATOR, document["id"], "statuts",
+                                   b'{"statuts": "REJETEE"}')
+    assert stats_of(stack.chorus)["requests"] == calls  # nothing was asked of Chorus Pro
+    await operations.follow_up(stack.rt, OPERATOR, document["id"], "statuts",
+                               b'{"statuts": "SERVICE_FAIT;MANDATEE", '
+                               b'"numero_dp_mandat": "M-2026-77"}')
+
+    async def mandated() -> bool:
+        return invoice.status == "MANDATEE"
+    await until(mandated)
+    assert [c.status for c in invoice.history][-2:] == ["SERVICE_FAIT", "MANDATEE"]
+    assert invoice.history[-1].comment == "M-2026-77"
+    await settled(stack, 1)
+    await until(lambda: _step_is(stack, document["id"], "waiting"))
+    await operations.follow_up(stack.rt, OPERATOR, document["id"], "statuts",
+                               b'{"statuts": ["MISE_EN_PAIEMENT"]}')
+    ended = await until(lambda: _ended(stack, document["id"]))
+    assert ended["state"] == "completed" and ended["metadata"]["statut"] == "MISE_EN_PAIEMENT"
+    assert [c.status for c in invoice.history][-3:] == ["SERVICE_FAIT", "MANDATEE",
+                                                       "MISE_EN_PAIEMENT"]
+    assert stats_of(stack.chorus)["duplicates"] == 0
+    with pytest.raises(ServiceError) as late:
+        await operations.follow_up(stack.rt, OPERATOR, document["id"], "statuts",
+                                   b'{"statuts": "COMPTABILISEE"}')
+    assert late.value.status == 422 and "nothing to set" in str(late.value)
+
+
+async def _step_is(stack: Stack, document_id: str, state: str) -> bool:
+    return (await stack.document(document_id))["state"] == state
+
+
+async def _ended(stack: Stack, document_id: str) -> dict[str, Any] | None:
+    found = await stack.document(document_id)
+    return found if found["state"] in ("completed", "rejected", "failed") else None
+
+
+async def test_a_refused_visa_sends_rejetee_with_the_annotation(stack: Stack) -> None:
+    invoice = stack.store.add(VISA)
+    await stack.fetch()
+    [document] = await settled(stack, 1)
+    assert document["state"] == "rejected", document
+    assert invoice.status == "REJETEE"
+    assert invoice.history[-1].comment == ANNOTATION
+    assert await stack.receipts() == []  # not delivered
+    assert stats_of(stack.chorus)["duplicates"] == 0
+
+
+async def test_a_bad_invoice_is_refused_and_nothing_is_delivered_nor_sent(stack: Stack
+                                                                            ) -> None:
+    bad = pivot(Spec(number="FA-BAD", debtor_siret=PLAIN)).replace(
+        b"<MontantTTC>289.20", b"<MontantTTC>389.20")
+    invoice = stack.store.add(PLAIN, raw_pivot=bad)
+    invoice.number = "FA-BAD"
+    await stack.fetch()
+    [document] = await settled(stack, 1)
+    assert document["state"] == "rejected"
+    assert "MontantTTC 389.20" in document["last_error"]
+    assert await stack.receipts() == []
+    assert invoice.status == "MISE_A_DISPOSITION"
+    assert stats_of(stack.chorus)["status_changes"] == 0
+
+
+async def test_a_suspended_invoice_completed_by_its_supplier_comes_back(stack: Stack) -> None:
+    invoice = stack.store.add(PLAIN)
+    await stack.fetch()
+    [first] = await settled(stack, 1)
+    await operations.follow_up(stack.rt, OPERATOR, first["id"], "statuts",
+                               b'{"statuts": "SUSPENDUE", "motif": "Bon de livraison absent"}')
+    await until(lambda: _ended(stack, first["id"]))
+    assert invoice.status == "SUSPENDUE"
+    stack.store.set_status(invoice, "COMPLETEE", "Bon de livraison joint")
+    async with stack.rt.db.begin() as conn:
+        await cursors.due_now(conn, PLAIN[:9], "chorus", 0.0)
+    await stack.fetch()
+    documents = await settled(stack, 2)
+    second = next(d for d in documents if d["id"] != first["id"])
+    assert second["metadata"]["statut"] == "COMPLETEE"
+    assert second["metadata"]["id_facture"] == invoice.id
+    assert len(await stack.receipts()) == 2
+
+
+async def test_two_processes_never_fetch_for_one_entity_at_once(stack: Stack) -> None:
+    for _ in range(3):
+        stack.store.add(PLAIN)
+    other = Fetcher(stack.rt, owner="other-process")
+    runs = await asyncio.gather(stack.fetch(), other.pass_once(stack.http))
+    plain = [r for batch in runs for r in batch if r.entity == PLAIN[:9]]
+    assert len(plain) == 1 and len(plain[0].created) == 3
+
+
+async def test_a_pivot_given_as_a_raw_file_is_served_as_is(stack: Stack) -> None:
+    raw = pivot(Spec(number="FA-RAW", debtor_siret=PLAIN))
+    async with stack.http.post(f"{stack.chorus_url}/_control/invoices", json={
+            "siret": PLAIN, "pivot": base64.b64encode(raw).decode()}) as resp:
+        [made] = (await resp.json())["ids"]
+    assert stack.store.invoices[made].pivot() == raw
