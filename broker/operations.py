@@ -3,11 +3,13 @@ and asking for an entity's classification to be fetched again."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from broker import accounts
 from broker import engine as eng
@@ -18,6 +20,7 @@ from broker.intake import Submitted, submit
 from broker.runtime import Runtime, now
 from broker.store import documents as docs
 from broker.store import reads
+from broker.store.outage import is_conflict
 from broker.views import get_document, visible_document
 
 MAX_REPLAY_BATCH = 1000
@@ -63,17 +66,30 @@ async def _move(rt: Runtime, who: Principal, document_id: str, why: str,
                 make: Make) -> dict[str, Any]:
     """Lock the document, ``make`` its transition, supersede its open jobs and write it."""
     await visible_document(rt, who, document_id)
-    t = now()
-    async with rt.db.begin() as conn:
-        row = await docs.lock_document(conn, document_id)
-        assert row is not None
-        doc = docs.doc_of(row)
+
+    async def write() -> None:
+        t = now()
+        async with rt.db.begin() as conn:
+            row = await docs.lock_document(conn, document_id)
+            assert row is not None
+            doc = docs.doc_of(row)
+            try:
+                transition = make(rt.flows[doc.flow], doc, row, t)
+            except eng.NotAllowed as exc:
+                raise ServiceError(409, str(exc)) from exc
+            await docs.cancel_open_jobs(conn, document_id, t, f"superseded by {why}")
+            await docs.write_transition(conn, doc, row.entity, transition, t)
+
+    # A worker claiming the document's job locks the job, then the document: this writer
+    # locks them the other way round, and PostgreSQL may end one of the two.
+    for conflicts in range(1, 6):
         try:
-            transition = make(rt.flows[doc.flow], doc, row, t)
-        except eng.NotAllowed as exc:
-            raise ServiceError(409, str(exc)) from exc
-        await docs.cancel_open_jobs(conn, document_id, t, f"superseded by {why}")
-        await docs.write_transition(conn, doc, row.entity, transition, t)
+            await write()
+            break
+        except DBAPIError as exc:
+            if not is_conflict(exc) or conflicts == 5:
+                raise
+            await asyncio.sleep(0.01 * conflicts)
     rt.notifier.notify()
     return await get_document(rt, who, document_id)
 

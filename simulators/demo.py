@@ -1,9 +1,11 @@
 """``demat demo``: the broker with its simulators, a sample entity and sample documents.
 
-The samples: acts (with and without signature, archived or not), deliveries, and one PES
+The samples: acts (with and without signature, archived or not), deliveries, one PES
 with two bordereaux and a PJ that is signed in the parapheur (XAdES per bordereau),
 deposited at the TdT, acquitted by the DGFiP behind it, archived, and the finance
-software's webhook told.
+software's webhook told; and Chorus Pro invoices, put in the Chorus Pro simulator, fetched
+for the entity, given a visa in the parapheur and delivered to the finance software, where
+they wait for their statuses.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from simulators.samples import simple_pdf
 
 SAMPLE_ENTITY = "214000150"
 SAMPLE_NAME = "Commune d'exemple"
+SAMPLE_SIRET = "21400015000018"
+INVOICES = 2
 # The sample finance software's webhook secret (the gf simulator checks it).
 CALLBACK_SECRET = "demat-demo-callback"
 
@@ -71,13 +75,19 @@ def connectors_config(sims: dict[str, Simulator]) -> dict[str, Any]:
         "depot": {"url": f"{sims['gf'].url}/inbox"},
         "parapheur": {"url": f"{sims['parapheur'].url}/ws-iparapheur-no-mtom",
                       "type": "ACTES", "sous_type": "Deliberation",
-                      "circuits": {"helios": {"type": "PES", "sous_type": "Bordereau"}}},
+                      "circuits": {"helios": {"type": "PES", "sous_type": "Bordereau"},
+                                   "facture": {"type": "FACTURES", "sous_type": "Visa"}}},
         "callback": {"url": f"{sims['gf'].url}/callbacks", "signing_secret": CALLBACK_SECRET},
         "tdt": {"url": sims["tdt"].url, "cert": tdt["TDT_CLIENT_CERT"],
                 "key": tdt["TDT_CLIENT_KEY"], "ca": tdt["TDT_CA"]},
         "sae": {"url": sims["asalae"].url, "login": "demat", "password": "demat",
                 "archival_agency": "FRAD040", "transferring_agency": SAMPLE_ENTITY,
                 "originating_agency": SAMPLE_ENTITY},
+        "chorus": {"oauth_url": f"{sims['chorus'].url}/api/oauth/token",
+                   "api_url": sims["chorus"].url, "client_id": "demat-broker",
+                   "client_secret": "piste-secret", "login": "TECH_DEMAT",
+                   "password": "cpro-password", "siret": SAMPLE_SIRET, "poll_every": 3,
+                   "visa": True},
     }
 
 
@@ -86,6 +96,7 @@ SIMULATORS: dict[str, tuple[str, ...]] = {
     "parapheur": ("--auto-sign-after", "3"),
     "tdt": ("--siren", SAMPLE_ENTITY, "--departement", "040", "--ack-after", "1"),
     "asalae": ("--ack-after", "1", "--atr-after", "1"),
+    "chorus": (),
 }
 
 
@@ -158,6 +169,23 @@ async def _submit_samples(api_url: str, token: str, count: int) -> list[str]:
     return ids
 
 
+async def _sample_invoices(api_url: str, token: str, chorus_url: str) -> list[str]:
+    """Invoices for the sample entity in Chorus Pro, and their documents once fetched."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        async with http.post(f"{chorus_url}/_control/invoices",
+                             json={"siret": SAMPLE_SIRET, "count": INVOICES}) as resp:
+            made = (await resp.json())["ids"]
+        for _ in range(600):
+            async with http.get(f"{api_url}/api/v1/documents",
+                                params={"flow": "facture", "limit": "100"}) as resp:
+                page: dict[str, Any] = await resp.json()
+            found = [d["id"] for d in page["items"] if d["metadata"]["id_facture"] in made]
+            if len(found) == len(made):
+                return found
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the sample invoices were not fetched within 60 s")
+
+
 async def run_demo(settings: Settings, documents: int) -> None:
     async with AsyncExitStack() as stack:
         sims: dict[str, Simulator] = {}
@@ -189,4 +217,6 @@ async def run_demo(settings: Settings, documents: int) -> None:
         # The PES: signed at PARAPHEUR_URL, then at the TdT, acquitted, archived, told.
         _say("HELIOS_DOCUMENT", ids[-1])
         _say("WATCH", f"{url}/api/v1/documents/{ids[-1]}/journal")
+        # Invoices: fetched from CHORUS_URL, visa at PARAPHEUR_URL, delivered to GF_URL.
+        _say("INVOICES", ",".join(await _sample_invoices(url, operator, sims["chorus"].url)))
         await server

@@ -25,8 +25,8 @@ async def test_the_demo_runs_with_its_options_and_leaves_nothing_behind(tmp_path
     assert proc.stdout is not None
     said: dict[str, str] = {}
     try:
-        async with asyncio.timeout(90):
-            while "WATCH" not in said:  # the last line it prints
+        async with asyncio.timeout(120):
+            while "INVOICES" not in said:  # the last line it prints
                 line = (await proc.stdout.readline()).decode()
                 assert line, f"the demo stopped early; it said {said}"
                 key, sep, value = line.strip().partition("=")
@@ -56,6 +56,23 @@ async def test_the_demo_runs_with_its_options_and_leaves_nothing_behind(tmp_path
             pes_doc = await r.json()
         roles = {f["role"] for f in pes_doc["files"]}
         assert {"pes", "pes_signe", "bordereau_signature", "acquit", "atr"} <= roles, roles
+        # The invoices: fetched, given a visa, delivered, waiting for their statuses.
+        invoices = said["INVOICES"].split(",")
+        assert len(invoices) == 2
+        async with aiohttp.ClientSession(headers=headers) as http:
+            while True:
+                found = []
+                for doc_id in invoices:
+                    async with http.get(f"{said['API_URL']}/api/v1/documents/{doc_id}") as r:
+                        found.append(await r.json())
+                if all(d["step"] == "status" and d["state"] == "waiting" for d in found) \
+                        or time.monotonic() > deadline + 30:
+                    break
+                await asyncio.sleep(0.5)
+        for doc in found:
+            assert (doc["state"], doc["step"]) == ("waiting", "status"), doc
+            assert {"facture", "facture_visee", "pivot", "donnees"} <= {
+                f["role"] for f in doc["files"]}, doc["files"]
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)
