@@ -1,6 +1,7 @@
 """Flow ``facture``: a Chorus Pro invoice fetched for its recipient, received and judged,
-[given a visa in the parapheur], delivered to the finance software, and its processing
-statuses sent back to Chorus Pro until the invoice is closed for the recipient.
+[given a visa in the parapheur], delivered to the finance software, its processing
+statuses sent back to Chorus Pro until the invoice is closed for the recipient, [and
+archived (SEDA 2.1) with its status history].
 
 Documents are made by the entity's fetch (``connectors.chorus.intake``), one per invoice
 and status change that needs work (new, or completed after a suspension); never submitted.
@@ -26,6 +27,7 @@ from connectors.chorus.statuses import TransitionRefused, parse_chain, plan
 VISA_POLLS = PollPolicy(first=1.0, factor=1.5, max_interval=600.0, deadline=30 * 86400.0)
 # An invoice waits weeks for its mandate and payment.
 STATUS_POLLS = PollPolicy(first=1.0, factor=2.0, max_interval=3600.0, deadline=365 * 86400.0)
+SAE_POLLS = PollPolicy(first=1.0, factor=1.5, max_interval=1800.0, deadline=30 * 86400.0)
 # What the finance software receives.
 DELIVERED = ("facture", "facture_visee", "piece_jointe", "pivot", "donnees")
 
@@ -78,7 +80,10 @@ class FactureFlow(Flow):
         steps = ["receive"]
         if metadata.get("visa"):
             steps.append("visa")
-        return [*steps, "deliver", "status"]
+        steps += ["deliver", "status"]
+        if metadata.get("archive"):
+            steps.append("archive")
+        return steps
 
 
 FACTURE = FactureFlow(
@@ -94,9 +99,10 @@ FACTURE = FactureFlow(
             "bordereau_as": "bordereau_visa", "format": "PAdES"}),
         Step("deliver", connector="depot", options={"roles": list(DELIVERED)}),
         Step("status", connector="chorus", poll=STATUS_POLLS),
+        Step("archive", connector="sae", poll=SAE_POLLS),
     ],
     incoming_only=True,
-    on_rejected=frozenset({"status"}),
+    on_rejected=frozenset({"status", "archive"}),
     follow_ups={"statuts": FollowUp(
         "status", StatusRequest, accept_statuses,
         "the invoice's next statuses, sent to Chorus Pro one at a time")},

@@ -20,12 +20,14 @@ STEPS = {
     "sign": "signature (parapheur)", "transmit": "télétransmission (TdT)",
     "archive": "archivage (SAE)", "cancel": "annulation (préfecture)",
     "notify": "avis au logiciel financier", "deliver": "dépôt au logiciel",
-    "fetch": "récupération",
+    "fetch": "récupération", "receive": "réception et contrôle (Chorus Pro)",
+    "visa": "visa (parapheur)", "status": "statuts vers Chorus Pro",
 }
 KINDS = {
     "intake": "dépôt", "transition": "changement d'état", "attempt": "essai",
     "poll": "interrogation du pair", "error": "erreur", "operator": "action d'opérateur",
     "recovery": "reprise après panne", "session": "connexion",
+    "fetch": "interrogation de Chorus Pro",
 }
 ACTIONS = {"retry": "Relancer maintenant", "cancel": "Annuler", "replay": "Rejouer",
            "annuler": "Annuler l'acte (préfecture)"}
@@ -37,6 +39,9 @@ ROLES = {
     "bordereau_signature": "bordereau de signature", "rapport_signature":
     "rapport de signature", "atr": "attestation de transfert (ATR)",
     "pes_retour": "PES retour", "archive": "archive",
+    "facture": "facture", "facture_visee": "facture visée", "piece_jointe": "pièce jointe",
+    "pivot": "facture au format PIVOT", "donnees": "données de la facture (JSON)",
+    "historique": "historique des statuts", "bordereau_visa": "bordereau de visa",
 }
 PARIS = ZoneInfo("Europe/Paris")
 

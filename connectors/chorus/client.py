@@ -346,7 +346,7 @@ class ChorusClient:
     async def _download_one(self, group: list[int], archive: Path, fmt: str,
                             attachments: bool) -> None:
         async def read(resp: aiohttp.ClientResponse, what: str) -> dict[str, Any]:
-            return await _read_download(resp, archive, what)
+            return await read_download(resp.content.iter_chunked(_READ), archive, what)
 
         await self._post("factures/v1/telecharger/groupe", {
             "listeFacture": [{"idFacture": i} for i in group], "format": fmt,
@@ -365,8 +365,8 @@ async def _small_text(resp: aiohttp.ClientResponse, what: str) -> str:
 _FILE_KEY = re.compile(rb'"fichierResultat"\s*:\s*"')
 
 
-async def _read_download(resp: aiohttp.ClientResponse, archive: Path,
-                         what: str) -> dict[str, Any]:
+async def read_download(chunks: AsyncIterator[bytes], archive: Path,
+                        what: str) -> dict[str, Any]:
     """The answer's JSON without its ``fichierResultat``, which is decoded to ``archive``."""
     head = bytearray()
     tail = bytearray()
@@ -375,7 +375,7 @@ async def _read_download(resp: aiohttp.ClientResponse, archive: Path,
     state = "head"
     pending = b""
     try:
-        async for chunk in resp.content.iter_chunked(_READ):
+        async for chunk in chunks:
             if state == "head":
                 head += chunk
                 found = _FILE_KEY.search(head)

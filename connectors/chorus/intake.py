@@ -33,6 +33,8 @@ def metadata_of(summary: InvoiceSummary, settings: ChorusSettings) -> dict[str, 
     def amount(value: Any) -> str | None:
         return None if value is None else str(value)
 
+    title = f"Facture {summary.numeroFacture} de {summary.designationFournisseur}"[:255]
+
     return {
         "id_facture": summary.idFacture, "numero_facture": summary.numeroFacture,
         "statut": summary.statut, "statut_depuis": summary.dateHeureEtatCourant,
@@ -49,7 +51,13 @@ def metadata_of(summary: InvoiceSummary, settings: ChorusSettings) -> dict[str, 
         "numero_marche": summary.numeroMarche,
         "visa": settings.visa, "archive": settings.archive,
         # The parapheur's dossier title.
-        "objet": f"Facture {summary.numeroFacture} de {summary.designationFournisseur}"[:255],
+        "objet": title,
+        # How the SAE describes it.
+        "sae": {"title": title, "keywords": [k for k in ("facture", summary.numeroFacture,
+                                                          summary.designationFournisseur) if k],
+                "description": f"Facture Chorus Pro {summary.idFacture}, "
+                               f"{amount(summary.montantTTC)} {summary.devise or 'EUR'} TTC",
+                **({"start_date": summary.dateFacture} if summary.dateFacture else {})},
     }
 
 

@@ -54,9 +54,12 @@ async def receive(ctx: StepContext) -> Outcome:
     if problems:
         shown = "; ".join(problems[:MAX_PROBLEMS_SAID])
         more = len(problems) - MAX_PROBLEMS_SAID
+        # The PIVOT is kept as it came, for the person who decides what to tell the supplier.
         return Rejected(reason=f"invoice refused: {shown}" + (f" (and {more} more)"
                                                               if more > 0 else ""),
-                        metadata={"problemes": problems})
+                        metadata={"problemes": problems},
+                        files=(NewFile("pivot", pivots[0].name, pivots[0].path,
+                                       "application/xml"),))
     invoice = reading.invoices[0]
     kept = [NewFile("pivot", pivots[0].name, pivots[0].path, "application/xml")]
     document = invoice.document

@@ -16,12 +16,15 @@ not touched: a person decides what to tell the supplier.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from connectors.base import (
     REJECTION,
     Done,
+    NewFile,
     Outcome,
     Pending,
     PermanentError,
@@ -94,12 +97,17 @@ async def send_statuses(ctx: StepContext) -> Outcome:
         return await _after_rejection(ctx, client, invoice, rejection)
     current = current_status(ctx.metadata, ctx.refs)
     refused = []
+    stopped: set[str] = set()  # chains with a refused change: the rest of each is dropped
     for ref, change in pending_changes(ctx.metadata, ctx.refs):
+        chain = ref.rsplit(".", 1)[0]
+        if chain in stopped:
+            continue
         said = await _send_once(ctx, client, invoice, ref, change)
         if said is None:
             current = change.status
         else:
             refused.append(f"{change.status}: {said}")
+            stopped.add(chain)
     if current not in CLOSED:
         # Chorus Pro may move on without the broker (Hélios pays a mandated invoice).
         history = await ctx.call(lambda: client.history(invoice))
@@ -107,7 +115,8 @@ async def send_statuses(ctx: StepContext) -> Outcome:
             current = history.statutCourantCode
             await _save(ctx, CURRENT, current)
     if current in CLOSED:
-        return Done(metadata={"statut": current}, note=f"invoice {current}")
+        return Done(metadata={"statut": current}, note=f"invoice {current}",
+                    files=await _history_file(ctx, client, invoice))
     note = f"invoice {current}; waiting for its next status"
     if refused:
         note += " (refused by Chorus Pro: " + "; ".join(refused) + ")"
@@ -125,4 +134,17 @@ async def _after_rejection(ctx: StepContext, client: ChorusClient, invoice: int,
     if said is not None:
         raise PermanentError(f"Chorus Pro refused REJETEE after the refused visa: {said}")
     return Done(metadata={"statut": "REJETEE", "motif": change.motif},
-                note=f"sent REJETEE: {change.motif}")
+                note=f"sent REJETEE: {change.motif}",
+                files=await _history_file(ctx, client, invoice))
+
+
+async def _history_file(ctx: StepContext, client: ChorusClient, invoice: int
+                        ) -> tuple[NewFile, ...]:
+    """The invoice's status history at Chorus Pro, oldest first (kept, and archived)."""
+    history = await ctx.call(lambda: client.history(invoice))
+    path = ctx.scratch(f"historique-{invoice}.json")
+    body = {"id_facture": invoice, "statut_courant": history.statutCourantCode,
+            "historique": [e.model_dump(mode="json") for e in history.oldest_first()]}
+    await asyncio.to_thread(path.write_text, json.dumps(body, ensure_ascii=False, indent=2),
+                            "utf-8")
+    return (NewFile("historique", path.name, path, "application/json"),)

@@ -176,7 +176,7 @@ class SaeConnector:
     steps = frozenset({"archive"})
     settings_key = "sae"
     settings = SaeConfig
-    serves = frozenset({("actes", "archive"), ("helios", "archive")})
+    serves = frozenset({("actes", "archive"), ("helios", "archive"), ("facture", "archive")})
 
     async def check(self, config: Mapping[str, Any], entity: str,
                     http: aiohttp.ClientSession) -> str:

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from broker.retry import InCallRetry, RetryPolicy
-from connectors.base import PermanentError, TransientError
+from connectors.base import Done, Pending, PermanentError, StepContext, TransientError
 from connectors.chorus.client import (
     ChorusClient,
     StatusInconsistent,
@@ -25,6 +25,7 @@ from connectors.chorus.client import (
     TooLarge,
 )
 from connectors.chorus.pivot import read_pivot
+from connectors.chorus.sending import send_statuses
 from connectors.chorus.settings import ChorusSettings
 from connectors.chorus.statuses import Change
 from simulators.chorus import STORE, ChorusStore, build_app
@@ -211,3 +212,76 @@ async def test_rate_limits_and_server_errors_are_transient_and_ridden_out() -> N
         retry = InCallRetry(RetryPolicy(in_call_attempts=4, in_call_initial=0.01, in_call_max=0.05))
         assert await retry(client.health) == "CODE PAR DEFAUT"
         assert peer.stats["faults_503"] == 2
+
+
+async def test_a_consultation_names_the_invoice(peer: Peer) -> None:
+    invoice = peer.store.add(SIRET)
+    found = await peer.client().consult(invoice.id)
+    assert (found["idFacture"], found["numeroFacture"], found["statutFacture"]) == (
+        invoice.id, invoice.number, "MISE_A_DISPOSITION")
+
+
+def _status_step(peer: Peer, tmp_path: Path, metadata: dict[str, Any],
+                 refs: dict[str, str]) -> StepContext:
+    async def save_ref(key: str, value: str) -> None:
+        refs[key] = value
+
+    return StepContext(
+        document_id="01TEST", flow="facture", entity=SIRET[:9], step="status", run=1,
+        kind="run", metadata=metadata, files=[], refs=refs,
+        config=peer.settings().model_dump(mode="json") | {
+            "client_secret": "piste-secret", "password": "cpro-password"},
+        http=peer.http, workdir=tmp_path / "work", save_ref=save_ref)
+
+
+async def test_a_status_sent_before_a_crash_is_found_and_not_sent_again(
+        peer: Peer, tmp_path: Path) -> None:
+    invoice = peer.store.add(SIRET)
+    client = peer.client()
+    await client.process(invoice.id, Change("SERVICE_FAIT"))  # sent; the answer was lost
+    refs = {"statut.1.1": "sending"}
+    metadata = {"id_facture": invoice.id, "statut": "MISE_A_DISPOSITION",
+                "statuts_demandes": [{"statuts": ["SERVICE_FAIT", "MANDATEE"],
+                                      "numero_dp_mandat": "DP-9"}]}
+    outcome = await send_statuses(_status_step(peer, tmp_path, metadata, refs))
+    assert isinstance(outcome, Pending)
+    assert refs["statut.1.1"] == "sent (found at Chorus Pro)"
+    assert refs["statut.1.2"].startswith("sent") and refs["chorus.statut"] == "MANDATEE"
+    assert [c.status for c in invoice.history][-2:] == ["SERVICE_FAIT", "MANDATEE"]
+    assert peer.stats["duplicates"] == 0
+    # Run again (another crash): nothing is sent twice.
+    again = await send_statuses(_status_step(peer, tmp_path, metadata, refs))
+    assert isinstance(again, Pending) and peer.stats["status_changes"] == 2
+
+
+async def test_a_status_chorus_refuses_is_kept_refused_and_its_chain_stopped(
+        peer: Peer, tmp_path: Path) -> None:
+    invoice = peer.store.add(SIRET)
+    peer.store.set_status(invoice, "REJETEE")  # changed at Chorus Pro meanwhile
+    refs: dict[str, str] = {}
+    metadata = {"id_facture": invoice.id, "statut": "MISE_A_DISPOSITION",
+                "statuts_demandes": [{"statuts": ["SERVICE_FAIT", "MANDATEE"],
+                                      "numero_dp_mandat": "DP-9"}]}
+    outcome = await send_statuses(_status_step(peer, tmp_path, metadata, refs))
+    assert refs["statut.1.1"].startswith("refused: ") and "20002" in refs["statut.1.1"]
+    assert "statut.1.2" not in refs
+    assert isinstance(outcome, Done) and outcome.metadata == {"statut": "REJETEE"}
+    assert [f.role for f in outcome.files] == ["historique"]
+
+
+async def test_a_fetch_skips_invoices_of_services_not_followed_and_says_why(peer: Peer) -> None:
+    from connectors.chorus.intake import fetch
+
+    peer.store.structure(SIRET)
+    followed = peer.store.add(SIRET, service="FACTURES")
+    other = peer.store.add(SIRET, service="TECHNIQUE")
+    config = peer.settings(services=["FACTURES"]).model_dump(mode="json") | {
+        "client_secret": "piste-secret", "password": "cpro-password"}
+    fetched = await fetch(config, SIRET[:9], peer.http, None)
+    by_id = {f.metadata["id_facture"]: f for f in fetched.found}
+    assert by_id[followed.id].skip is None
+    assert by_id[other.id].skip == "service TECHNIQUE not followed"
+    # The cursor moves on: the next fetch asks only from where this one ended.
+    assert fetched.cursor["structure"] == peer.store.structure(SIRET).id
+    again = await fetch(config, SIRET[:9], peer.http, fetched.cursor)
+    assert {f.metadata["id_facture"] for f in again.found} <= {followed.id, other.id}

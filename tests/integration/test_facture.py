@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -28,12 +29,13 @@ from broker.store import cursors
 from broker.store import journal as stored_journal
 from broker.wiring import catalog
 from broker.worker import Worker
-from simulators import chorus, gf, parapheur
+from simulators import asalae, chorus, gf, parapheur
 from simulators.chorus_samples import Spec, pivot, siret
 from simulators.common import serving, stats_of
 
 OPERATOR = Principal("t", accounts.OPERATOR, None)
-PLAIN, VISA = siret(31), siret(32)  # an entity without visa, one whose visas are refused
+# An entity without visa, one whose visas are refused, one that archives.
+PLAIN, VISA, ARCHIVED = siret(31), siret(32), siret(33)
 ANNOTATION = parapheur.DEFAULT_REJECT_ANNOTATION
 
 
@@ -81,6 +83,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         inbox_url = await stack.enter_async_context(serving(inbox))
         signer = parapheur.build_app(auto_sign_after=0.1, reject_ratio=1.0)
         signer_url = await stack.enter_async_context(serving(signer))
+        sae = asalae.build_app(store_dir=tmp_path / "sae")
+        sae_url = await stack.enter_async_context(serving(sae))
         settings = Settings(data_dir=tmp_path / "data", poll_first="100ms",
                             retry_ladder="100ms,100ms,100ms", fetch_tick="1h")
         rt = await Runtime.open(settings, catalog())
@@ -97,6 +101,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
                               "circuits": {"facture": {"type": "FACTURES",
                                                        "sous_type": "Visa"}}}},
                 rt.catalog.settings)
+            await accounts.upsert_entity(conn, ARCHIVED[:9], "Commune qui archive", {
+                "chorus": chorus_settings(chorus_url, ARCHIVED, archive=True), "depot": depot,
+                "sae": {"url": sae_url, "login": "demat", "password": "demat",
+                        "archival_agency": "FRAD022", "transferring_agency": ARCHIVED[:9],
+                        "originating_agency": ARCHIVED[:9], "poll_after": 0.2}},
+                rt.catalog.settings)
         relay, worker = Relay(rt), Worker(rt)
         await relay.start()
         stack.push_async_callback(relay.stop)
@@ -105,6 +115,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         http = await stack.enter_async_context(aiohttp.ClientSession())
         chorus_app[chorus.STORE].structure(PLAIN)
         chorus_app[chorus.STORE].structure(VISA)
+        chorus_app[chorus.STORE].structure(ARCHIVED)
         yield Stack(rt, chorus_app, chorus_url, inbox, inbox_url, Fetcher(rt), http)
 
 
@@ -226,13 +237,21 @@ async def test_a_bad_invoice_is_refused_and_nothing_is_delivered_nor_sent(stack:
     assert stats_of(stack.chorus)["status_changes"] == 0
 
 
-async def test_a_suspended_invoice_completed_by_its_supplier_comes_back(stack: Stack) -> None:
-    invoice = stack.store.add(PLAIN)
+async def _one_invoice_closed_by(stack: Stack, code: str, request: bytes
+                                 ) -> tuple[chorus.Invoice, dict[str, Any], dict[str, Any]]:
+    """An invoice for ``code`` fetched, settled, then sent ``request``: the invoice, its
+    document as first settled, and the document once its flow has ended."""
+    invoice = stack.store.add(code)
     await stack.fetch()
-    [first] = await settled(stack, 1)
-    await operations.follow_up(stack.rt, OPERATOR, first["id"], "statuts",
-                               b'{"statuts": "SUSPENDUE", "motif": "Bon de livraison absent"}')
-    await until(lambda: _ended(stack, first["id"]))
+    [document] = await settled(stack, 1)
+    await operations.follow_up(stack.rt, OPERATOR, document["id"], "statuts", request)
+    ended = await until(lambda: _ended(stack, document["id"]), timeout=30)
+    return invoice, document, ended
+
+
+async def test_a_suspended_invoice_completed_by_its_supplier_comes_back(stack: Stack) -> None:
+    invoice, first, _ = await _one_invoice_closed_by(
+        stack, PLAIN, b'{"statuts": "SUSPENDUE", "motif": "Bon de livraison absent"}')
     assert invoice.status == "SUSPENDUE"
     stack.store.set_status(invoice, "COMPLETEE", "Bon de livraison joint")
     async with stack.rt.db.begin() as conn:
@@ -260,3 +279,36 @@ async def test_a_pivot_given_as_a_raw_file_is_served_as_is(stack: Stack) -> None
             "siret": PLAIN, "pivot": base64.b64encode(raw).decode()}) as resp:
         [made] = (await resp.json())["ids"]
     assert stack.store.invoices[made].pivot() == raw
+
+
+async def test_every_bad_invoice_is_refused_with_nothing_delivered_nor_sent(stack: Stack
+                                                                            ) -> None:
+    from tests.unit.chorus.test_pivot import BAD
+
+    made = {stack.store.add(PLAIN, raw_pivot=make()).id: (case, said)
+            for case, make, said in BAD}
+    await stack.fetch()
+    documents = await settled(stack, len(BAD))
+    for doc in documents:
+        case, said = made[doc["metadata"]["id_facture"]]
+        assert doc["state"] == "rejected", (case, doc)
+        assert said in doc["last_error"] or any(said in p for p in doc["metadata"]["problemes"]), \
+            (case, doc["last_error"])
+    assert await stack.receipts() == []
+    assert stats_of(stack.chorus)["status_changes"] == 0
+    assert all(i.status == "MISE_A_DISPOSITION" for i in stack.store.invoices.values())
+
+
+async def test_a_closed_invoice_is_archived_with_its_status_history(stack: Stack) -> None:
+    invoice, document, ended = await _one_invoice_closed_by(
+        stack, ARCHIVED, '{"statuts": "REJETEE", "motif": "Montant contesté"}'.encode())
+    assert ended["state"] == "completed", ended
+    assert invoice.status == "REJETEE" and invoice.history[-1].comment == "Montant contesté"
+    full = await stack.document(document["id"])
+    roles = [f["role"] for f in full["files"]]
+    assert {"facture", "pivot", "donnees", "historique", "atr"} <= set(roles), roles
+    history = next(f for f in full["files"] if f["role"] == "historique")
+    row = await views.file_of(stack.rt, OPERATOR, document["id"], history["id"])
+    kept = json.loads(stack.rt.blobs.path(row.sha256).read_bytes())
+    assert [e["histoStatutCode"] for e in kept["historique"]][-2:] == ["MISE_A_DISPOSITION",
+                                                                      "REJETEE"]

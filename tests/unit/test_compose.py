@@ -86,10 +86,15 @@ def test_example_config_declares_valid_entities(tmp_path: Path) -> None:
         assert siren_problem(siren) is None
         assert "depot" in table["connectors"]
         connectors = dict(table["connectors"])
+        # Certificate and secret files live on the operator's machine: stand-ins here.
+        pem = tmp_path / "stand-in.pem"
+        pem.write_text("-----BEGIN CERTIFICATE-----\n")
+        secret = tmp_path / "stand-in-secret"
+        secret.write_text("s3cret\n")
         if "tdt" in connectors:
-            # The certificate files live on the operator's machine: stand-ins here.
-            pem = tmp_path / "stand-in.pem"
-            pem.write_text("-----BEGIN CERTIFICATE-----\n")
             connectors["tdt"] = {**connectors["tdt"], **{
                 k: str(pem) for k in ("cert", "key", "ca") if k in connectors["tdt"]}}
+        connectors = {name: {k: (str(secret) if k.endswith("_file") else v)
+                             for k, v in values.items()}
+                      for name, values in connectors.items()}
         catalog().settings.validate(siren, connectors)
