@@ -77,6 +77,17 @@ class StatusInconsistent(Refused):
     """``codeRetour`` 20002: Chorus Pro refuses the status change from the current one."""
 
 
+class MaybeApplied(TransientError):
+    """A change lost after it was sent (timeout, 5xx): Chorus Pro may have made it."""
+
+
+def int_or_none(value: Any) -> int | None:
+    try:
+        return None if value is None or isinstance(value, bool) else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 class TooLarge(PermanentError):
     """HTTP 413: the download asked for is over what one call may take."""
 
@@ -163,10 +174,13 @@ async def _fetch_token(http: aiohttp.ClientSession, app: Application,
     return f"{kind or 'Bearer'} {token}", float(lifetime)
 
 
-def _coded(body: Any, what: str) -> dict[str, Any]:
+def _coded(body: Any, what: str, status: int = 200) -> dict[str, Any]:
     """``body`` when its ``codeRetour`` says success; the right error otherwise."""
     if not isinstance(body, dict):
         raise PermanentError(f"{what}: the answer is not a JSON object")
+    if status == 400 and int_or_none(body.get("codeRetour")) in (None, OK):
+        # A gateway's refusal ({"error": ...}), not an empty Chorus Pro answer.
+        raise PermanentError(f"{what}: HTTP {status}: {json.dumps(body)[:500]}")
     functional = body.get("retourFonctionnel")
     if isinstance(functional, dict):
         raise Refused(f"{what}: {functional.get('codeRetourFonctionnel')} "
@@ -184,6 +198,20 @@ def _coded(body: Any, what: str) -> dict[str, Any]:
     if code == STATUS_INCONSISTENT:
         raise StatusInconsistent(f"{what}: codeRetour {code}: {label}")
     raise Refused(f"{what}: codeRetour {code}: {label}")
+
+
+def _second_of(text: str | None, like: datetime) -> datetime | None:
+    """``text`` as a moment to search from (whole seconds), or None when it cannot be
+    compared with ``like``."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if (moment.tzinfo is None) != (like.tzinfo is None):
+        return None
+    return moment.replace(microsecond=0)
 
 
 class ChorusClient:
@@ -205,13 +233,17 @@ class ChorusClient:
     # -- transport ---------------------------------------------------------------------
 
     async def _post(self, operation: str, body: dict[str, Any],
-                    read: Callable[[aiohttp.ClientResponse, str], Any] | None = None) -> Any:
+                    read: Callable[[aiohttp.ClientResponse, str], Any] | None = None, *,
+                    idempotent: bool = True) -> Any:
         """POST ``body`` to ``operation``; the JSON answer checked (``read`` reads it
-        instead, for downloads). A 401 gets one new token and one more try."""
+        instead, for downloads). A 401 gets one new token and one more try. A call that
+        changes something (``idempotent=False``) and is lost after it was sent (timeout,
+        5xx) raises MaybeApplied: the caller must look before asking again."""
         what = f"Chorus Pro {operation}"
         url = f"{self.settings.base_url}/cpro/{operation}"
         for attempt in (1, 2):
             header = await self.tokens.header(self.http, self.app, self.timeout)
+            status = 0
             try:
                 async with self.http.post(
                     url, json=body, allow_redirects=False,
@@ -219,23 +251,34 @@ class ChorusClient:
                              "Accept": "application/json"},
                     timeout=aiohttp.ClientTimeout(total=self.timeout),
                 ) as resp:
-                    if resp.status == 401:
+                    status = resp.status
+                    if status == 401:
                         self.tokens.refused(self.app, header)
                         if attempt == 1:
                             continue
                         raise PermanentError(f"{what}: a new PISTE token is refused too "
                                              f"(HTTP 401)")
-                    if resp.status == 413:
+                    if status == 413:
                         raise TooLarge(f"{what}: HTTP 413, over what one call may take")
-                    if resp.status == 400 or resp.status == 200:
-                        if read is not None and resp.status == 200:
-                            return _coded(await read(resp, what), what)
-                        return _coded(loads(await _small_text(resp, what)), what)
+                    if status >= 500 and not idempotent:
+                        raise MaybeApplied(f"{what}: HTTP {status}; the change may have "
+                                           f"been made")
+                    if status in (200, 400):
+                        if read is not None and status == 200:
+                            return _coded(await read(resp, what), what, status)
+                        return _coded(loads(await _small_text(resp, what)), what, status)
                     await error_for_status(resp, what)
-                    return _coded(loads(await _small_text(resp, what)), what)
+                    return _coded(loads(await _small_text(resp, what)), what, status)
+            except aiohttp.ClientConnectorError as exc:  # never sent: safe to ask again
+                raise transient_from(exc, what) from exc
             except (TimeoutError, aiohttp.ClientError) as exc:
+                if not idempotent:
+                    raise MaybeApplied(f"{transient_from(exc, what)}; the change may have "
+                                       f"been made") from exc
                 raise transient_from(exc, what) from exc
             except json.JSONDecodeError as exc:
+                if status == 200:  # a gateway's maintenance page, not Chorus Pro's answer
+                    raise TransientError(f"{what}: the answer is not JSON: {exc}") from exc
                 raise PermanentError(f"{what}: the answer is not JSON: {exc}") from exc
         raise AssertionError("unreachable")
 
@@ -262,13 +305,21 @@ class ChorusClient:
     async def search_received(self, recipient: int, since: datetime, until: datetime, *,
                               kind: Literal["FACTURE", "FACTURE_TRAVAUX"] = "FACTURE",
                               page_size: int = 1000) -> AsyncIterator[InvoiceSummary]:
-        """Invoices for ``recipient`` whose status changed in [since, until], every page."""
-        page = 1
+        """Invoices for ``recipient`` whose status changed in [since, until], every page.
+
+        Pages go by date rather than by number: an invoice whose status changes while the
+        pages are read leaves its place, and by number the row after it would be skipped
+        for good. Each next search starts at the last row's second (that second read
+        again, rows already given not given twice); by number only while a whole page
+        shares one second or the dates cannot be read.
+        """
+        start, page = since, 1
+        given: set[tuple[int, str, str | None]] = set()
         while True:
             try:
                 body = await self._post("factures/v1/rechercher/recipiendaire", {
                     "typeDemandePaiement": kind, "idDestinataire": recipient,
-                    "periodeDateHeureEtatCourantDu": since.isoformat(timespec="seconds"),
+                    "periodeDateHeureEtatCourantDu": start.isoformat(timespec="seconds"),
                     "periodeDateHeureEtatCourantAu": until.isoformat(timespec="seconds"),
                     "paramRecherche": {"pageResultatDemandee": page,
                                        "nbResultatsParPage": page_size,
@@ -278,10 +329,20 @@ class ChorusClient:
                 return
             found = SearchPage.model_validate(body)
             for summary in found.listeFactures:
-                yield summary
-            if not found.pages or found.pageCourante is None or found.pageCourante >= found.pages:
+                key = (summary.idFacture, summary.statut, summary.dateHeureEtatCourant)
+                if key not in given:
+                    given.add(key)
+                    yield summary
+            # Our own count, not the answer's pageCourante: a peer echoing one page
+            # number would otherwise be asked forever.
+            if not found.listeFactures or not found.pages or page >= found.pages:
                 return
-            page = found.pageCourante + 1
+            first = _second_of(found.listeFactures[0].dateHeureEtatCourant, start)
+            last = _second_of(found.listeFactures[-1].dateHeureEtatCourant, start)
+            if first is not None and last is not None and last > first:
+                start, page = last, 1
+            else:
+                page += 1
 
     async def consult(self, invoice: int) -> dict[str, Any]:
         body = await self._post("factures/v1/consulter/recipiendaire", {
@@ -310,7 +371,7 @@ class ChorusClient:
         if change.numero_dp_mandat is not None:
             body["numeroDPMandat"] = change.numero_dp_mandat
         return ProcessAnswer.model_validate(
-            await self._post("factures/v1/traiter/recue", body))
+            await self._post("factures/v1/traiter/recue", body, idempotent=False))
 
     async def download(self, invoices: Sequence[int], into: Path, *,
                        fmt: Literal["PIVOT", "PDF"] = "PIVOT",

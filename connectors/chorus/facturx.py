@@ -15,11 +15,12 @@ from typing import Any
 
 import facturx
 from lxml import etree
-from pypdf.errors import PyPdfError
+from pypdf import PdfReader
 
 from broker.xmlsafe import XmlError, parse_bytes
 
 MAX_XML_BYTES = 16 * 1024 * 1024
+_EMBEDDED = frozenset({"factur-x.xml", "zugferd-invoice.xml"})
 _NS = {"rsm": "urn:un:unece:uncefact:data:standard:CrossIndustryInvoice:100",
        "ram": "urn:un:unece:uncefact:data:standard:ReusableAggregateBusinessInformationEntity:100"}
 _SUMMATION = ("rsm:SupplyChainTradeTransaction/ram:ApplicableHeaderTradeSettlement/"
@@ -55,15 +56,26 @@ class Reading:
         return said
 
 
+def _embedded_xml(pdf: Path) -> tuple[str, bytes] | None:
+    """The embedded Factur-X (or ZUGFeRD) file's name and bytes, taken out with pypdf
+    (its streams' inflation is bounded) rather than by the package, which would parse
+    them with lxml's default parser before the gate sees them."""
+    with pdf.open("rb") as stream:
+        for attachment in PdfReader(stream).attachment_list:
+            if attachment.name.lower() in _EMBEDDED and attachment.content:
+                return attachment.name, attachment.content
+    return None
+
+
 def read(pdf: Path) -> Reading | None:
     """The embedded CII of ``pdf``, checked; None when the PDF embeds none."""
     try:
-        with pdf.open("rb") as stream:
-            name, xml = facturx.get_facturx_xml_from_pdf(stream, check_xsd=False)
-    except (PyPdfError, ValueError, KeyError, TypeError, OSError):
-        return None  # not a PDF the package can read: no Factur-X in it to judge
-    if not name or not xml:
+        found = _embedded_xml(pdf)
+    except Exception:  # pypdf raises many kinds on a broken PDF
+        return None  # not a PDF that can be read: no Factur-X in it to judge
+    if found is None:
         return None
+    name, xml = found
     reading = Reading(str(name))
     try:
         root = parse_bytes(xml, max_bytes=MAX_XML_BYTES)

@@ -1,10 +1,11 @@
 """Which invoices an entity has to process: a search by status change since the cursor.
 
-The cursor is the end of the last window searched; the next window starts a few minutes
-before it (clocks differ, Chorus Pro commits late), and the broker's keys make the overlap
-harmless. One invoice needs work when it is newly available to the recipient
-(MISE_A_DISPOSITION) or completed by its supplier after a suspension (COMPLETEE); its key
-is the invoice and that status change, so each change makes at most one document.
+The cursor is the end of the last window searched; the next window starts an hour before
+it (the host's clock may run ahead of Chorus Pro's, Chorus Pro may commit a change late),
+and the broker's keys, kept a week, make the overlap harmless. One invoice needs work when
+it is newly available to the recipient (MISE_A_DISPOSITION) or completed by its supplier
+after a suspension (COMPLETEE); its key is the invoice and that status change, so each
+change makes at most one document.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ from connectors.chorus.settings import ChorusSettings
 from connectors.chorus.statuses import LABELS, TO_PROCESS
 
 FLOW = "facture"
-OVERLAP = timedelta(minutes=5)
+OVERLAP = timedelta(hours=1)
 
 
-def key_of(summary: InvoiceSummary) -> str:
-    return f"{summary.idFacture}:{summary.statut}:{summary.dateHeureEtatCourant or ''}"
+def key_of(summary: InvoiceSummary, history_mark: int | None = None) -> str:
+    """The invoice and its status change: the change's time, or, where the search does
+    not give it, the newest history entry's id (so a second suspension and completion
+    is a new case, not one already seen)."""
+    mark = summary.dateHeureEtatCourant or (f"h{history_mark}" if history_mark else "")
+    return f"{summary.idFacture}:{summary.statut}:{mark}"
 
 
 def metadata_of(summary: InvoiceSummary, settings: ChorusSettings) -> dict[str, Any]:
@@ -68,7 +73,8 @@ async def fetch(config: Mapping[str, Any], entity: str, http: aiohttp.ClientSess
     # Chorus Pro takes whole seconds: the window ends after this one.
     until = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
     structure = (cursor or {}).get("structure")
-    if not isinstance(structure, int):
+    if not isinstance(structure, int) or (cursor or {}).get("siret") != settings.siret:
+        # Asked again when the entity's SIRET changes: the old structure is not its own.
         structure = (await client.structure(settings.siret)).idStructureCPP
     last = (cursor or {}).get("until")
     since = (datetime.fromisoformat(last) - OVERLAP if isinstance(last, str)
@@ -81,8 +87,13 @@ async def fetch(config: Mapping[str, Any], entity: str, http: aiohttp.ClientSess
             skip = f"statut {summary.statut}"
         elif settings.services and summary.codeServiceExecutant not in settings.services:
             skip = f"service {summary.codeServiceExecutant} not followed"
+        mark = None
+        if skip is None and not summary.dateHeureEtatCourant:
+            mark = max((e.histoStatutId for e in (await client.history(
+                summary.idFacture)).entries), default=None)
         found.append(Found(
-            key=key_of(summary), flow=FLOW, metadata=metadata_of(summary, settings),
+            key=key_of(summary, mark), flow=FLOW, metadata=metadata_of(summary, settings),
             summary=f"facture {summary.numeroFacture} de {summary.designationFournisseur}, "
                     f"{LABELS.get(summary.statut, summary.statut)}", skip=skip))
-    return Fetched(found, {"structure": structure, "until": until.isoformat()})
+    return Fetched(found, {"structure": structure, "siret": settings.siret,
+                           "until": until.isoformat()})

@@ -30,8 +30,9 @@ from connectors.base import (
     PermanentError,
     StepContext,
 )
-from connectors.chorus.client import ChorusClient, Refused
-from connectors.chorus.statuses import CLOSED, MAX_MOTIF, Change
+from connectors.chorus.client import ChorusClient, MaybeApplied, Refused
+from connectors.chorus.models import History, ProcessAnswer
+from connectors.chorus.statuses import CLOSED, MAX_MOTIF, Change, change_to
 
 REQUESTS = "statuts_demandes"
 CURRENT = "chorus.statut"
@@ -59,8 +60,8 @@ def pending_changes(metadata: Mapping[str, Any], refs: Mapping[str, str]
                 break
             if outcome.startswith(SENT):
                 continue
-            out.append((ref, Change(status, request.get("motif"),
-                                    request.get("numero_dp_mandat"))))
+            out.append((ref, change_to(status, request.get("motif"),
+                                       request.get("numero_dp_mandat"))))
     return out
 
 
@@ -69,18 +70,50 @@ async def _save(ctx: StepContext, key: str, value: str) -> None:
         await ctx.save_ref(key, value)
 
 
+class _Lost(Exception):
+    """Carries a MaybeApplied past the in-call retries: it must not be sent again blind."""
+
+    def __init__(self, error: MaybeApplied) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _made_since(history: History, status: str, previous: str) -> bool:
+    """Whether the history shows ``status`` reached after the newest ``previous`` (the
+    status the broker knew before sending): Chorus Pro, or Hélios, may have moved on."""
+    entries = history.oldest_first()
+    since = max((n for n, e in enumerate(entries) if e.histoStatutCode == previous),
+                default=-1)
+    return history.statutCourantCode == status or any(
+        e.histoStatutCode == status for e in entries[since + 1:])
+
+
 async def _send_once(ctx: StepContext, client: ChorusClient, invoice: int, ref: str,
-                     change: Change) -> str | None:
-    """Send ``change`` unless an earlier run did; the refusal's reason, or None when sent."""
+                     change: Change, previous: str) -> str | None:
+    """Send ``change`` unless an earlier run did; the refusal's reason, or None when sent.
+
+    The intent is saved first. A run that finds it (a crash, or an answer lost after the
+    call went out) looks at the invoice's history before sending: a change is never made
+    twice, and never said refused because it was already made."""
     intent = ctx.refs.get(ref) == "sending" or ctx.save_ref is None
     if intent:
         history = await ctx.call(lambda: client.history(invoice))
-        if history.statutCourantCode == change.status:
+        if _made_since(history, change.status, previous):
             await _save(ctx, ref, f"{SENT} (found at Chorus Pro)")
+            await _save(ctx, CURRENT, change.status)
             return None
     await _save(ctx, ref, "sending")
+
+    async def send() -> ProcessAnswer:
+        try:
+            return await client.process(invoice, change)
+        except MaybeApplied as exc:
+            raise _Lost(exc) from exc
+
     try:
-        answer = await ctx.call(lambda: client.process(invoice, change))
+        answer = await ctx.call(send)
+    except _Lost as lost:
+        raise lost.error from None  # the next run looks at the history first
     except Refused as exc:
         await _save(ctx, ref, f"{REFUSED}: {exc.message}")
         return exc.message
@@ -102,7 +135,7 @@ async def send_statuses(ctx: StepContext) -> Outcome:
         chain = ref.rsplit(".", 1)[0]
         if chain in stopped:
             continue
-        said = await _send_once(ctx, client, invoice, ref, change)
+        said = await _send_once(ctx, client, invoice, ref, change, current)
         if said is None:
             current = change.status
         else:
@@ -130,7 +163,8 @@ async def _after_rejection(ctx: StepContext, client: ChorusClient, invoice: int,
                          "a person decides what to tell the supplier")
     motif = str(rejection.get("reason") or "").strip() or "Visa refusé"
     change = Change("REJETEE", motif=motif[:MAX_MOTIF])
-    said = await _send_once(ctx, client, invoice, "statut.visa", change)
+    said = await _send_once(ctx, client, invoice, "statut.visa", change,
+                            current_status(ctx.metadata, ctx.refs))
     if said is not None:
         raise PermanentError(f"Chorus Pro refused REJETEE after the refused visa: {said}")
     return Done(metadata={"statut": "REJETEE", "motif": change.motif},

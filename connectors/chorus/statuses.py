@@ -68,6 +68,15 @@ def parse_chain(text: str) -> list[str]:
     return [part.strip().upper() for part in text.split(";") if part.strip()]
 
 
+def change_to(status: str, motif: str | None = None,
+              numero_dp_mandat: str | None = None) -> Change:
+    """The change to ``status`` with only the fields that status takes: a request's motif
+    goes with REJETEE or SUSPENDUE, its mandate number with MANDATEE, not with every step
+    of the chain."""
+    return Change(status, motif if status in NEEDS_MOTIF else None,
+                  numero_dp_mandat if status in NEEDS_MANDATE else None)
+
+
 def plan(current: str, statuses: Sequence[str], motif: str | None = None,
          numero_dp_mandat: str | None = None) -> list[Change]:
     """The changes that take the invoice from ``current`` through ``statuses``, or
@@ -88,7 +97,6 @@ def plan(current: str, statuses: Sequence[str], motif: str | None = None,
             problems.append((where, f"an invoice {at} cannot become {status} (allowed from "
                                     f"{at}: {told})"))
             break
-        change = Change(status)
         if status in NEEDS_MOTIF:
             if not (motif and motif.strip()):
                 problems.append((where, f"{status} needs a motif (the reason told to the "
@@ -96,12 +104,9 @@ def plan(current: str, statuses: Sequence[str], motif: str | None = None,
             elif len(motif) > MAX_MOTIF:
                 problems.append((where, f"motif of {len(motif)} characters; Chorus Pro takes "
                                         f"{MAX_MOTIF}"))
-            change = Change(status, motif=motif)
-        if status in NEEDS_MANDATE:
-            if not (numero_dp_mandat and numero_dp_mandat.strip()):
-                problems.append((where, "MANDATEE needs numeroDPMandat (the mandate's number)"))
-            change = Change(status, numero_dp_mandat=numero_dp_mandat)
-        changes.append(change)
+        if status in NEEDS_MANDATE and not (numero_dp_mandat and numero_dp_mandat.strip()):
+            problems.append((where, "MANDATEE needs numeroDPMandat (the mandate's number)"))
+        changes.append(change_to(status, motif, numero_dp_mandat))
         at = status
     if problems:
         raise TransitionRefused(problems)

@@ -285,3 +285,125 @@ async def test_a_fetch_skips_invoices_of_services_not_followed_and_says_why(peer
     assert fetched.cursor["structure"] == peer.store.structure(SIRET).id
     again = await fetch(config, SIRET[:9], peer.http, fetched.cursor)
     assert {f.metadata["id_facture"] for f in again.found} <= {followed.id, other.id}
+
+
+async def test_a_status_whose_answer_is_lost_is_found_not_sent_again_nor_said_refused(
+        tmp_path: Path) -> None:
+    # Chorus Pro makes the change, then the answer is lost (500 after processing).
+    async with _peer(faults=[FaultRule(kind="500", phase="after", count=1,
+                                       path="/cpro/factures/v1/traiter/recue")]) as peer:
+        invoice = peer.store.add(SIRET)
+        refs: dict[str, str] = {}
+        metadata = {"id_facture": invoice.id, "statut": "MISE_A_DISPOSITION",
+                    "statuts_demandes": [{"statuts": ["SERVICE_FAIT", "MANDATEE"],
+                                          "numero_dp_mandat": "DP-9"}]}
+        with pytest.raises(TransientError, match="may have been made"):
+            await send_statuses(_status_step(peer, tmp_path, metadata, refs))
+        # Not tried again within the call: the change went through once.
+        assert refs["statut.1.1"] == "sending" and peer.stats["status_changes"] == 1
+        outcome = await send_statuses(_status_step(peer, tmp_path, metadata, refs))
+        assert isinstance(outcome, Pending)
+        assert refs["statut.1.1"] == "sent (found at Chorus Pro)"
+        assert refs["statut.1.2"].startswith("sent")
+        statuses = [c.status for c in invoice.history]
+        assert statuses[-2:] == ["SERVICE_FAIT", "MANDATEE"]
+        assert statuses.count("SERVICE_FAIT") == 1
+        assert peer.stats["duplicates"] == 0 and peer.stats["refused_changes"] == 0
+
+
+async def test_a_change_made_then_passed_by_helios_is_found_in_the_history(
+        peer: Peer, tmp_path: Path) -> None:
+    invoice = peer.store.add(SIRET)
+    client = peer.client()
+    await client.process(invoice.id, Change("SERVICE_FAIT"))
+    await client.process(invoice.id, Change("MANDATEE", numero_dp_mandat="DP-9"))
+    peer.store.set_status(invoice, "MISE_A_DISPOSITION_COMPTABLE")  # Hélios took it
+    refs = {"statut.1.1": "sent", "statut.1.2": "sending", "chorus.statut": "SERVICE_FAIT"}
+    metadata = {"id_facture": invoice.id, "statut": "MISE_A_DISPOSITION",
+                "statuts_demandes": [{"statuts": ["SERVICE_FAIT", "MANDATEE"],
+                                      "numero_dp_mandat": "DP-9"}]}
+    await send_statuses(_status_step(peer, tmp_path, metadata, refs))
+    assert refs["statut.1.2"] == "sent (found at Chorus Pro)"
+    assert peer.stats["status_changes"] == 2 and peer.stats["refused_changes"] == 0
+
+
+async def test_each_step_of_a_chain_carries_only_its_own_fields(peer: Peer,
+                                                                  tmp_path: Path) -> None:
+    from connectors.chorus.sending import pending_changes
+
+    metadata = {"statuts_demandes": [{"statuts": ["SERVICE_FAIT", "MANDATEE"],
+                                      "numero_dp_mandat": "DP-9", "motif": "vu"}]}
+    assert [c for _, c in pending_changes(metadata, {})] == [
+        Change("SERVICE_FAIT"), Change("MANDATEE", numero_dp_mandat="DP-9")]
+
+
+async def test_no_invoice_is_missed_when_statuses_change_while_pages_are_read(
+        peer: Peer) -> None:
+    peer.store.structure(SIRET)
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    invoices = [peer.store.add(SIRET) for _ in range(25)]
+    for n, invoice in enumerate(invoices):
+        invoice.history[-1].at = base + timedelta(seconds=n)
+    client = peer.client()
+    structure = peer.store.structure(SIRET).id
+    seen = []
+    async for summary in client.search_received(structure, base - timedelta(minutes=1),
+                                                datetime.now(UTC) + timedelta(minutes=1),
+                                                page_size=10):
+        seen.append((summary.idFacture, summary.statut))
+        if len(seen) == 1:
+            # Processed meanwhile (by the broker's own status step): it leaves its place.
+            await client.process(invoices[0].id, Change("SERVICE_FAIT"))
+    ids = [i for i, _ in seen]
+    assert set(ids) == {i.id for i in invoices}, sorted({i.id for i in invoices} - set(ids))
+    assert (invoices[0].id, "SERVICE_FAIT") in seen  # its change is found too
+    assert len(seen) == len(set(seen))  # no row given twice
+
+
+async def test_a_gateway_refusal_or_page_is_not_read_as_an_empty_answer(peer: Peer) -> None:
+    async def gateway(request: web.Request) -> web.Response:
+        if request.path.endswith("/rechercher"):
+            return web.json_response({"error": "invalid_request"}, status=400)
+        return web.Response(text="<html>maintenance</html>", content_type="text/html")
+
+    async def token(_request: web.Request) -> web.Response:
+        return web.json_response({"access_token": "t", "token_type": "Bearer",
+                                  "expires_in": 60})
+
+    app = web.Application()
+    app.router.add_post("/api/oauth/token", token)
+    app.router.add_post("/cpro/{tail:.*}", gateway)
+    async with serving(app) as url:
+        client = ChorusClient(peer.http, ChorusSettings.model_validate({
+            "oauth_url": f"{url}/api/oauth/token", "api_url": url, "client_id": "c",
+            "client_secret": "s", "login": "l", "password": "p", "siret": SIRET}),
+            tokens=TokenCache())
+        with pytest.raises(PermanentError, match=r"HTTP 400.*invalid_request"):
+            await client.structure(SIRET)
+        with pytest.raises(TransientError, match="not JSON"):
+            await client.health()
+
+
+async def test_a_fetch_asks_the_structure_again_when_the_siret_changes(peer: Peer) -> None:
+    from connectors.chorus.intake import fetch
+
+    invoice = peer.store.add(SIRET)
+    config = peer.settings().model_dump(mode="json") | {
+        "client_secret": "piste-secret", "password": "cpro-password"}
+    stale = {"structure": peer.store.structure(siret(22)).id, "siret": siret(22)}
+    fetched = await fetch(config, SIRET[:9], peer.http, stale)
+    assert [f.metadata["id_facture"] for f in fetched.found] == [invoice.id]
+    assert fetched.cursor["structure"] == peer.store.structure(SIRET).id
+
+
+def test_a_second_suspension_without_dates_is_a_new_key() -> None:
+    from connectors.chorus.intake import key_of
+    from connectors.chorus.models import InvoiceSummary
+
+    summary = InvoiceSummary.model_validate({"idFacture": 7, "numeroFacture": "F-7",
+                                             "statut": "COMPLETEE"})
+    assert key_of(summary, 41) != key_of(summary, 57)
+    dated = InvoiceSummary.model_validate({"idFacture": 7, "numeroFacture": "F-7",
+                                           "statut": "COMPLETEE",
+                                           "dateHeureEtatCourant": "2026-12-01T10:00:00"})
+    assert key_of(dated) == "7:COMPLETEE:2026-12-01T10:00:00"
