@@ -40,6 +40,8 @@ CANCELLED = "cancelled"
 ACTIVE = frozenset({QUEUED, RUNNING, WAITING, RETRYING})
 TERMINAL = frozenset({COMPLETED, REJECTED, FAILED, CANCELLED})
 STATES = ACTIVE | TERMINAL
+# Metadata: the step a request came for while it ran; it runs again at once after.
+ASKED = "asked_while_running"
 
 
 class NotAllowed(Exception):
@@ -209,6 +211,8 @@ def apply(
                                       last_try)
     else:  # pragma: no cover - exhaustive over the union
         raise TypeError(f"unexpected step result {result!r}")
+    if doc.metadata.get(ASKED) == job.step and not isinstance(result, TransientError):
+        transition.metadata.setdefault(ASKED, None)  # done with: the run again is due
     transition.journal[:0] = entries
     return _changed(doc, transition)
 
@@ -260,6 +264,8 @@ def _after_pending(flow: Flow, doc: Doc, job: Job, result: Pending, now: float,
                              doc.id))
         return Transition(FAILED, job.step, job.run, last_error=reason, park=True)
     due = min(now + poll.interval(polls, result.poll_after), deadline)
+    if doc.metadata.get(ASKED) == job.step:
+        due = now  # a request came while this run went on: it has not seen it
     entries.append(Entry("poll", {"step": job.step, "poll": polls + 1,
                                   "next_poll_at": iso(due),
                                   **({"note": result.note} if result.note else {})}, doc.id))
@@ -321,20 +327,40 @@ def act(flow: Flow, doc: Doc, action: str, now: float, actor: str) -> Transition
     return _changed(doc, transition)
 
 
+@dataclass
+class Noted:
+    """What changes a document's metadata and journal only: its state and jobs stay."""
+
+    metadata: dict[str, Any]
+    journal: list[Entry]
+
+
 def follow_up(flow: Flow, doc: Doc, name: str, now: float, actor: str,
-              asked: Mapping[str, Any], metadata: Mapping[str, Any]) -> Transition:
-    """A request taken by the step the document waits in: that step runs again now."""
+              asked: Mapping[str, Any], metadata: Mapping[str, Any]) -> Transition | Noted:
+    """A request for a step of the document's plan (an invoice's next statuses), kept in
+    its metadata and done by that step.
+
+    Waiting, retrying or queued in that step: the step runs again now. Running in it: the
+    run under way has not seen the request, so the step runs again as soon as that run
+    says it waits (``ASKED``). At an earlier step: the step does it when it comes. The
+    asker never has to try again because of the moment it asked.
+    """
     step = flow.follow_ups[name].step
-    if doc.state not in (WAITING, RETRYING, QUEUED) or doc.step != step:
-        at = f" at step {doc.step}" if doc.step else ""
-        raise NotAllowed(f"{name} is taken while document {doc.id} waits at step {step}; it "
-                         f"is {doc.state}{at}"
-                         + ("; ask again in a moment" if doc.state == RUNNING else ""))
-    transition = Transition(QUEUED, step, doc.run, _run_job(flow, step, "run", doc.run, now),
-                            journal=[Entry("operator", {"action": name, "step": step,
-                                                        "asked": dict(asked)}, doc.id, actor)],
-                            metadata=dict(metadata))
-    return _changed(doc, transition)
+    plan = flow.plan(doc.metadata)
+    entry = Entry("operator", {"action": name, "step": step, "asked": dict(asked)}, doc.id,
+                  actor)
+    if doc.state in ACTIVE and doc.step == step:
+        if doc.state == RUNNING:
+            return Noted({**metadata, ASKED: step}, [entry])
+        transition = Transition(QUEUED, step, doc.run, _run_job(flow, step, "run", doc.run, now),
+                                journal=[entry], metadata=dict(metadata))
+        return _changed(doc, transition)
+    if doc.state in ACTIVE and doc.step in plan and step in plan \
+            and plan.index(doc.step) < plan.index(step):
+        return Noted(dict(metadata), [entry])
+    at = f" at step {doc.step}" if doc.step else ""
+    raise NotAllowed(f"{name} is taken until document {doc.id} has passed step {step}; it is "
+                     f"{doc.state}{at}")
 
 
 def cancel(doc: Doc, now: float, actor: str) -> Transition:

@@ -59,7 +59,7 @@ def allowed(flow: Flow | None, state: str, metadata: Mapping[str, Any],
     return found
 
 
-Make = Callable[[Flow, eng.Doc, Any, float], eng.Transition]
+Make = Callable[[Flow, eng.Doc, Any, float], eng.Transition | eng.Noted]
 
 
 async def _move(rt: Runtime, who: Principal, document_id: str, why: str,
@@ -77,6 +77,9 @@ async def _move(rt: Runtime, who: Principal, document_id: str, why: str,
                 transition = make(rt.flows[doc.flow], doc, row, t)
             except eng.NotAllowed as exc:
                 raise ServiceError(409, str(exc)) from exc
+            if isinstance(transition, eng.Noted):  # its jobs, a claimed one too, go on
+                await docs.write_noted(conn, doc, transition, t)
+                return
             await docs.cancel_open_jobs(conn, document_id, t, f"superseded by {why}")
             await docs.write_transition(conn, doc, row.entity, transition, t)
 
@@ -107,9 +110,10 @@ async def _operate(rt: Runtime, who: Principal, document_id: str, action: str) -
 
 async def follow_up(rt: Runtime, who: Principal, document_id: str, name: str,
                     body: bytes) -> dict[str, Any]:
-    """A request the step a document waits in takes (an invoice's next statuses): checked
-    whole by the flow before anything is changed or sent, then that step runs at once."""
-    def make(flow: Flow, doc: eng.Doc, row: Any, t: float) -> eng.Transition:
+    """A request for a step of the document's plan (an invoice's next statuses): checked
+    whole by the flow before anything is changed or sent, then kept for that step, which
+    runs at once if the document waits in it (``engine.follow_up``)."""
+    def make(flow: Flow, doc: eng.Doc, row: Any, t: float) -> eng.Transition | eng.Noted:
         wanted = flow.follow_ups.get(name)
         if wanted is None:
             offered = ", ".join(sorted(flow.follow_ups)) or "none"

@@ -137,16 +137,17 @@ def build(flows: Mapping[str, Flow]) -> dict[str, Any]:
                 "responses": {"200": _json(m.DocumentOut), **_ERRORS,
                               "409": _json(m.ErrorOut, "not possible in this state")}}},
             "/api/v1/documents/{id}/requests/{name}": {"post": {
-                "summary": "A request the step a document waits in takes (facture: statuts, "
+                "summary": "A request for a step of the document's plan (facture: statuts, "
                            "the invoice's next statuses), checked whole before anything is "
-                           "sent",
+                           "sent, kept until that step does it (at once if the document "
+                           "waits in it)",
                 "parameters": [doc_id, _param("name", "path", schema={
                     "type": "string", "enum": sorted({n for _, n in follow_ups})})],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "oneOf": [_ref(f.model) for f in follow_ups.values()]}}}},
                 "responses": {"200": _json(m.DocumentOut), **_ERRORS,
-                              "409": _json(m.ErrorOut, "the document is not waiting at the "
-                                                       "step that takes it"),
+                              "409": _json(m.ErrorOut, "the document has passed the step "
+                                                       "that takes it, or has ended"),
                               "422": _json(m.ErrorOut, "refused (a transition not allowed "
                                                        "from the current status names the "
                                                        "allowed ones)")}}},

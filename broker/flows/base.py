@@ -90,11 +90,11 @@ class FollowUpRefused(ValueError):
 
 @dataclass(frozen=True)
 class FollowUp:
-    """A request a waiting step takes from the API (an invoice's next statuses).
+    """A request a step takes from the API (an invoice's next statuses), kept until it runs.
 
     ``accept`` gets the document's metadata and references, the request (``model``) and
     who asks; it returns what to merge into the metadata, or raises FollowUpRefused. The
-    step is then run at once and does what was asked.
+    step does what was asked when it runs: at once if the document waits in it.
     """
 
     step: str
@@ -124,7 +124,7 @@ class Flow:
     on_rejected: frozenset[str] = frozenset()
     # Files of these roles are read by their inspector while they stream in.
     inspectors: Mapping[str, Inspector] = field(default_factory=dict)
-    # Requests a waiting step takes from the API: name -> follow-up.
+    # Requests a step takes from the API, before or while it runs: name -> follow-up.
     follow_ups: Mapping[str, FollowUp] = field(default_factory=dict)
 
     def step(self, name: str) -> Step:

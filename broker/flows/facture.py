@@ -6,7 +6,7 @@ archived (SEDA 2.1) with its status history].
 Documents are made by the entity's fetch (``connectors.chorus.intake``), one per invoice
 and status change that needs work (new, or completed after a suspension); never submitted.
 The finance software asks for the next statuses through the API
-(``POST /api/v1/documents/{id}/statuts``), checked against what Chorus Pro allows from
+(``POST /api/v1/documents/{id}/requests/statuts``), checked against what Chorus Pro allows from
 the current status before anything is sent. A visa refused in the parapheur sends the
 invoice REJETEE with the annotation as motif (``status`` runs after a rejection).
 """

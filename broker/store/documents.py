@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import journal
-from broker.engine import CANCELLED, FAILED, REJECTED, Doc, Job, Transition
+from broker.engine import CANCELLED, FAILED, REJECTED, Doc, Job, Noted, Transition
 from broker.ids import new_id
 from broker.store import counts, keys
 from broker.store import journal as stored_journal
@@ -197,6 +197,14 @@ _INSERT_DOCUMENTS = documents.insert()
 _INSERT_FILES = files.insert()
 _INSERT_JOBS = jobs.insert()
 _INSERT_EVENTS = events.insert()
+
+
+async def write_noted(conn: AsyncConnection, doc: Doc, noted: Noted, now: float) -> None:
+    """Merge ``noted``'s metadata into the document and journal it; nothing else moves."""
+    await conn.execute(documents.update().where(documents.c.id == doc.id).values(
+        metadata={**doc.metadata, **noted.metadata}, updated_at=now))
+    await keys.record(conn, [(doc.id, noted.metadata)])
+    await stored_journal.append(conn, noted.journal, now)
 
 
 def _file_row(file_id: str, document_id: str, f: StoredFile, now: float) -> dict[str, Any]:

@@ -312,3 +312,28 @@ async def test_a_closed_invoice_is_archived_with_its_status_history(stack: Stack
     kept = json.loads(stack.rt.blobs.path(row.sha256).read_bytes())
     assert [e["histoStatutCode"] for e in kept["historique"]][-2:] == ["MISE_A_DISPOSITION",
                                                                       "REJETEE"]
+
+
+async def test_statuses_asked_before_the_status_step_are_kept_and_sent_once(stack: Stack
+                                                                           ) -> None:
+    invoice = stack.store.add(PLAIN)
+    [run] = [r for r in await stack.fetch() if r.entity == PLAIN[:9]]
+    [document_id] = run.created
+    # Asked at once: the invoice is still being received or delivered.
+    asked = await operations.follow_up(stack.rt, OPERATOR, document_id, "statuts",
+                                       b'{"statuts": "SERVICE_FAIT"}')
+    assert asked["metadata"]["statuts_demandes"][-1]["statuts"] == ["SERVICE_FAIT"]
+    again = await operations.follow_up(
+        stack.rt, OPERATOR, document_id, "statuts",
+        b'{"statuts": "MANDATEE", "numero_dp_mandat": "DP-1"}')
+    assert again["metadata"]["statuts_demandes"][-1]["statuts"] == ["MANDATEE"]
+
+    async def mandated() -> bool:
+        return invoice.status == "MANDATEE"
+    await until(mandated)
+    assert [c.status for c in invoice.history][-2:] == ["SERVICE_FAIT", "MANDATEE"]
+    assert stats_of(stack.chorus)["duplicates"] == 0
+    assert len(await stack.receipts()) == 1
+    journal = await views.journal_of(stack.rt, OPERATOR, document_id)
+    assert [e["asked"]["statuts"] for e in journal if e.get("action") == "statuts"] == [
+        "SERVICE_FAIT", "MANDATEE"]

@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from broker import engine as eng
-from broker.flows.base import FileRule, Flow, Step
+from broker.flows.base import FileRule, Flow, FollowUp, Step
 from broker.outcomes import Done, Pending, PermanentError, Rejected, TransientError
 from broker.retry import AttemptRecord, PollPolicy, RetryPolicy
 
@@ -278,3 +278,61 @@ def test_a_message_over_the_brokers_delivery_limit_is_parked_as_such() -> None:
     assert (t.state, t.park) == (eng.FAILED, True)
     assert t.last_error == ("the message of step sign was delivered 51 times without an "
                             "outcome; parked by the broker's delivery limit")
+
+
+class Asked(BaseModel):
+    what: str
+
+
+ASKING = TwoStep(
+    name="two", description="", files={}, metadata_model=Meta,
+    steps=[Step("sign", "parapheur"), Step("send", "tdt")],
+    follow_ups={"ask": FollowUp("send", Asked, lambda _m, _r, _a, _w: {})},
+)
+
+
+def _ask(d: eng.Doc) -> eng.Transition | eng.Noted:
+    return eng.follow_up(ASKING, d, "ask", NOW, "app:gf", {"what": "x"}, {"asked": ["x"]})
+
+
+@pytest.mark.parametrize("state", [eng.WAITING, eng.RETRYING, eng.QUEUED])
+def test_a_request_runs_the_step_that_waits_for_it_at_once(state: str) -> None:
+    t = _ask(doc(state, "send"))
+    assert isinstance(t, eng.Transition)
+    assert (t.state, t.next_job.step, t.next_job.due_at) == (  # type: ignore[union-attr]
+        eng.QUEUED, "send", NOW)
+    assert t.metadata == {"asked": ["x"]}
+
+
+@pytest.mark.parametrize("state", [eng.QUEUED, eng.RUNNING, eng.WAITING, eng.RETRYING])
+def test_a_request_for_a_step_still_ahead_is_kept_and_nothing_moves(state: str) -> None:
+    noted = _ask(doc(state, "sign"))
+    assert isinstance(noted, eng.Noted) and noted.metadata == {"asked": ["x"]}
+    assert [e.kind for e in noted.journal] == ["operator"]
+
+
+def test_a_request_while_its_step_runs_makes_the_step_run_again_at_once() -> None:
+    noted = _ask(doc(eng.RUNNING, "send"))
+    assert isinstance(noted, eng.Noted) and noted.metadata[eng.ASKED] == "send"
+    d = doc(eng.RUNNING, "send")
+    d = eng.Doc(d.id, d.flow, d.state, d.step, d.run, {**d.metadata, **noted.metadata})
+    waiting = eng.apply(ASKING, d, eng.Job("send", "poll", 1, polls=3), Pending(None), NOW,
+                        POLICIES)
+    assert waiting.state == eng.WAITING and waiting.next_job.due_at == NOW  # type: ignore[union-attr]
+    assert waiting.metadata == {eng.ASKED: None}
+    # Without a request meanwhile, the poll keeps its cadence.
+    calm = eng.apply(ASKING, doc(eng.RUNNING, "send"), eng.Job("send", "poll", 1, polls=3),
+                     Pending(None), NOW, POLICIES)
+    assert calm.next_job.due_at > NOW and eng.ASKED not in calm.metadata  # type: ignore[union-attr]
+    # A transient error keeps the mark: the retry has not seen the request either.
+    failed = eng.apply(ASKING, d, eng.Job("send", "run", 1), TransientError("503"), NOW,
+                       POLICIES)
+    assert eng.ASKED not in failed.metadata
+
+
+@pytest.mark.parametrize(("state", "step"), [(eng.COMPLETED, "send"), (eng.FAILED, "send"),
+                                             (eng.CANCELLED, "sign")])
+def test_a_request_after_its_step_or_the_end_is_refused_saying_why(state: str,
+                                                                   step: str) -> None:
+    with pytest.raises(eng.NotAllowed, match="until document D1 has passed step send"):
+        _ask(doc(state, step))
