@@ -346,21 +346,31 @@ def follow_up(flow: Flow, doc: Doc, name: str, now: float, actor: str,
     asker never has to try again because of the moment it asked.
     """
     step = flow.follow_ups[name].step
-    plan = flow.plan(doc.metadata)
+    if not takes_follow_up(flow, doc, name):
+        at = f" at step {doc.step}" if doc.step else ""
+        raise NotAllowed(f"{name} is taken until document {doc.id} has passed step {step}; "
+                         f"it is {doc.state}{at}")
     entry = Entry("operator", {"action": name, "step": step, "asked": dict(asked)}, doc.id,
                   actor)
-    if doc.state in ACTIVE and doc.step == step:
-        if doc.state == RUNNING:
-            return Noted({**metadata, ASKED: step}, [entry])
-        transition = Transition(QUEUED, step, doc.run, _run_job(flow, step, "run", doc.run, now),
-                                journal=[entry], metadata=dict(metadata))
-        return _changed(doc, transition)
-    if doc.state in ACTIVE and doc.step in plan and step in plan \
-            and plan.index(doc.step) < plan.index(step):
+    if doc.step != step:
         return Noted(dict(metadata), [entry])
-    at = f" at step {doc.step}" if doc.step else ""
-    raise NotAllowed(f"{name} is taken until document {doc.id} has passed step {step}; it is "
-                     f"{doc.state}{at}")
+    if doc.state == RUNNING:
+        return Noted({**metadata, ASKED: step}, [entry])
+    transition = Transition(QUEUED, step, doc.run, _run_job(flow, step, "run", doc.run, now),
+                            journal=[entry], metadata=dict(metadata))
+    return _changed(doc, transition)
+
+
+def takes_follow_up(flow: Flow, doc: Doc, name: str) -> bool:
+    """Whether the document still takes request ``name``: active, and its step is the
+    request's or comes before it in the plan."""
+    step = flow.follow_ups[name].step
+    if doc.state not in ACTIVE:
+        return False
+    if doc.step == step:
+        return True
+    plan = flow.plan(doc.metadata)
+    return doc.step in plan and step in plan and plan.index(doc.step) < plan.index(step)
 
 
 def cancel(doc: Doc, now: float, actor: str) -> Transition:

@@ -101,6 +101,9 @@ class FollowUp:
     model: type[BaseModel]
     accept: Callable[[Mapping[str, Any], Mapping[str, str], BaseModel, str], dict[str, Any]]
     description: str = ""
+    # What a person asking should know now (the statuses possible next), from the
+    # document's metadata and references; shown by the dashboard's form.
+    hint: Callable[[Mapping[str, Any], Mapping[str, str]], str] | None = None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from broker.flows.base import Flow, FollowUp, FollowUpRefused, Problem, Step
 from broker.retry import PollPolicy
 from connectors.chorus.sending import REQUESTS, current_status, pending_changes
-from connectors.chorus.statuses import TransitionRefused, parse_chain, plan
+from connectors.chorus.statuses import (
+    LABELS,
+    NEEDS_MOTIF,
+    NEXT,
+    TransitionRefused,
+    parse_chain,
+    plan,
+)
 
 VISA_POLLS = PollPolicy(first=1.0, factor=1.5, max_interval=600.0, deadline=30 * 86400.0)
 # An invoice waits weeks for its mandate and payment.
@@ -43,12 +50,13 @@ class StatusRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    statuts: str | list[str] = Field(description=(
+    statuts: str | list[str] = Field(title="Statuts", description=(
         "the status, or a chain applied one step at a time: \"SERVICE_FAIT;MANDATEE\" or "
         "[\"SERVICE_FAIT\", \"MANDATEE\"]"))
-    motif: str | None = Field(default=None, max_length=2000, description=(
+    motif: str | None = Field(default=None, max_length=2000, title="Motif", description=(
         "the reason told to the supplier: required for REJETEE and SUSPENDUE"))
-    numero_dp_mandat: str | None = Field(default=None, max_length=64, description=(
+    numero_dp_mandat: str | None = Field(default=None, max_length=64,
+                                         title="Numéro de mandat", description=(
         "the mandate's number: required for MANDATEE"))
 
     @property
@@ -57,13 +65,30 @@ class StatusRequest(BaseModel):
         return [status for part in given for status in parse_chain(part)]
 
 
+def _will_be(metadata: Mapping[str, Any], refs: Mapping[str, str]) -> str:
+    """The invoice's status once what was asked before is sent."""
+    waiting = pending_changes(metadata, refs)
+    return waiting[-1][1].status if waiting else current_status(metadata, refs)
+
+
+def statuses_hint(metadata: Mapping[str, Any], refs: Mapping[str, str]) -> str:
+    current = _will_be(metadata, refs)
+    allowed = NEXT.get(current, ())
+    known = f"La facture est (ou sera, une fois les demandes en cours envoyées) " \
+            f"« {LABELS.get(current, current)} »."
+    if not allowed:
+        return f"{known} Aucun statut ne peut plus être envoyé."
+    return (f"{known} Statuts possibles ensuite : {', '.join(allowed)} ; une chaîne "
+            f"s'écrit SERVICE_FAIT;MANDATEE. Le motif est obligatoire pour "
+            f"{' et '.join(sorted(NEEDS_MOTIF))}, le numéro de mandat pour MANDATEE.")
+
+
 def accept_statuses(metadata: Mapping[str, Any], refs: Mapping[str, str], asked: BaseModel,
                     actor: str) -> dict[str, Any]:
     """The request kept for the ``status`` step, once the whole chain is possible from the
     status the invoice will have when what was asked before is sent."""
     assert isinstance(asked, StatusRequest)
-    waiting = pending_changes(metadata, refs)
-    current = waiting[-1][1].status if waiting else current_status(metadata, refs)
+    current = _will_be(metadata, refs)
     try:
         plan(current, asked.chain, asked.motif, asked.numero_dp_mandat)
     except TransitionRefused as exc:
@@ -105,5 +130,6 @@ FACTURE = FactureFlow(
     on_rejected=frozenset({"status", "archive"}),
     follow_ups={"statuts": FollowUp(
         "status", StatusRequest, accept_statuses,
-        "the invoice's next statuses, sent to Chorus Pro one at a time")},
+        "the invoice's next statuses, sent to Chorus Pro one at a time",
+        hint=statuses_hint)},
 )

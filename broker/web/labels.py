@@ -30,7 +30,8 @@ KINDS = {
     "fetch": "interrogation de Chorus Pro",
 }
 ACTIONS = {"retry": "Relancer maintenant", "cancel": "Annuler", "replay": "Rejouer",
-           "annuler": "Annuler l'acte (préfecture)"}
+           "annuler": "Annuler l'acte (préfecture)",
+           "statuts": "Statuts de la facture (Chorus Pro)"}
 ROLES = {
     "acte": "acte", "acte_signe": "acte signé", "annexe": "annexe", "pes": "PES",
     "pes_signe": "PES signé",

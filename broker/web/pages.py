@@ -23,6 +23,7 @@ from broker import entities, operations, views
 from broker.errors import ServiceError
 from broker.runtime import Runtime
 from broker.store import dashboard as board
+from broker.store import documents as docs
 from broker.store import events as stored_events
 from broker.store.keys import reference
 from broker.store.reads import Group
@@ -328,7 +329,34 @@ def _shown(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-async def document_page(request: web.Request) -> web.Response:
+def _requests(rt: Runtime, row: Any, refused: Mapping[str, Any] | None = None
+              ) -> list[dict[str, Any]]:
+    """The forms of the requests the document still takes (an invoice's statuses): each
+    field of the request's model, what to know now, and a refusal to show again."""
+    flow = rt.flows.get(row.flow)
+    if flow is None:
+        return []
+    doc = docs.doc_of(row)
+    shown = []
+    for name, wanted in sorted(flow.follow_ups.items()):
+        if not eng.takes_follow_up(flow, doc, name):
+            continue
+        properties = wanted.model.model_json_schema().get("properties", {})
+        required = set(wanted.model.model_json_schema().get("required", ()))
+        mine = refused if refused and refused.get("name") == name else {}
+        shown.append({
+            "name": name, "description": wanted.description,
+            "hint": wanted.hint(row.metadata, row.refs) if wanted.hint else "",
+            "fields": [{"name": field, "title": spec.get("title", field),
+                        "required": field in required,
+                        "value": (mine.get("values") or {}).get(field, "")}
+                       for field, spec in properties.items()],
+            "message": mine.get("message"), "problems": mine.get("problems", [])})
+    return shown
+
+
+async def document_page(request: web.Request, refused: Mapping[str, Any] | None = None
+                        ) -> web.Response:
     rt = _rt(request)
     who = session_of(request).who
     doc_id = request.match_info["id"]
@@ -339,9 +367,30 @@ async def document_page(request: web.Request) -> web.Response:
         last_event = await stored_events.last_id(conn)
     return _page(request, "document.html", {
         "doc": doc, "row": row, "timeline": _timeline(journal), "allowed": _allowed(request, row),
+        "requests": _requests(rt, row, refused),
         "metadata": {k: _shown(v) for k, v in row.metadata.items()},
         "done": request.query.get("fait"), "last_event": last_event,
-        "in_step": time.time() - (row.step_since or row.updated_at)})
+        "in_step": time.time() - (row.step_since or row.updated_at)},
+        status=422 if refused else 200)
+
+
+async def request_post(request: web.Request) -> web.Response:
+    """A request's form (an invoice's next statuses): sent as the API would take it; a
+    refusal shows the page again with every reason and what was typed."""
+    rt = _rt(request)
+    who = session_of(request).who
+    doc_id, name = request.match_info["id"], request.match_info["name"]
+    sent = await form(request)
+    values = {k: v.strip() for k, v in sent.items() if k != "csrf" and v.strip()}
+    try:
+        await operations.follow_up(rt, who, doc_id, name, json.dumps(values).encode())
+    except ServiceError as exc:
+        if exc.status != 422:
+            raise
+        return await document_page(request, {
+            "name": name, "values": values, "message": exc.message,
+            "problems": [f"{p.field} : {p.message}" for p in exc.problems]})
+    raise web.HTTPSeeOther(f"/ui/documents/{doc_id}?{urlencode({'fait': name})}")
 
 
 async def download(request: web.Request) -> web.StreamResponse:

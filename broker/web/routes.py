@@ -56,6 +56,7 @@ def setup(app: web.Application, runtime: Runtime) -> None:
         web.get("/ui/documents/{id}/fichiers/{file_id}", pages.download),
         web.get("/ui/documents/{id}/confirmer", pages.confirm_form),
         web.post("/ui/documents/{id}/action", pages.action_post),
+        web.post("/ui/documents/{id}/demandes/{name}", pages.request_post),
         web.get("/ui/parking", pages.parking_page),
         web.post("/ui/parking/rejouer", pages.replay_post),
         web.get("/ui/entites", pages.entities_page),

@@ -337,3 +337,52 @@ async def test_statuses_asked_before_the_status_step_are_kept_and_sent_once(stac
     journal = await views.journal_of(stack.rt, OPERATOR, document_id)
     assert [e["asked"]["statuts"] for e in journal if e.get("action") == "statuts"] == [
         "SERVICE_FAIT", "MANDATEE"]
+
+
+async def test_an_operator_sends_statuses_from_the_dashboard_form(stack: Stack) -> None:
+    import re
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from broker.api.app import build_app
+
+    invoice = stack.store.add(PLAIN)
+    await stack.fetch()
+    [document] = await settled(stack, 1)
+    async with stack.rt.db.begin() as conn:
+        token = await accounts.create_token(conn, accounts.OPERATOR)
+    client = TestClient(TestServer(build_app(stack.rt)))
+    await client.start_server()
+    try:
+        url = client.make_url("/")
+        origin = {"Origin": f"{url.scheme}://{url.host}:{url.port}"}
+        signed = await client.post("/ui/connexion", data={"jeton": token}, headers=origin,
+                                   allow_redirects=False)
+        assert signed.status == 303
+        page = f"/ui/documents/{document['id']}"
+        html = await (await client.get(page)).text()
+        assert "Statuts possibles ensuite : A_RECYCLER, REJETEE" in html
+        csrf = re.search(r'name="csrf" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
+        form = f"{page}/demandes/statuts"
+        # Refused before any call: every reason shown, what was typed kept.
+        calls = stats_of(stack.chorus)["requests"]
+        refused = await client.post(form, data={"csrf": csrf, "statuts": "REJETEE",
+                                                "motif": ""}, headers=origin)
+        text = await refused.text()
+        assert refused.status == 422 and "REJETEE needs a motif" in text
+        assert 'value="REJETEE"' in text and stats_of(stack.chorus)["requests"] == calls
+        sent = await client.post(form, data={"csrf": csrf, "statuts": "SERVICE_FAIT"},
+                                 headers=origin, allow_redirects=False)
+        assert sent.status == 303, await sent.text()
+
+        async def done() -> bool:
+            return invoice.status == "SERVICE_FAIT"
+        await until(done)
+        # Without its CSRF token, nothing is taken.
+        forged = await client.post(form, data={"statuts": "MANDATEE"}, headers=origin)
+        assert forged.status == 403
+        journal = await views.journal_of(stack.rt, OPERATOR, document["id"])
+        [entry] = [e for e in journal if e.get("action") == "statuts"]
+        assert entry["actor"].startswith("operator:")
+    finally:
+        await client.close()

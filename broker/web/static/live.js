@@ -28,7 +28,13 @@
     const opened = [...holder.querySelectorAll("details")].map((d) => d.open);
     const focused = holder.contains(document.activeElement) ? document.activeElement : null;
     const focusKey = focused && (focused.getAttribute("href") || focused.id);
+    // What is being typed in a request's form outlives the refresh.
+    const typed = [...holder.querySelectorAll("input[id]")].map((el) => [el.id, el.value]);
     holder.replaceChildren(...fresh.childNodes);
+    typed.forEach(([id, value]) => {
+      const again = document.getElementById(id);
+      if (again && value) again.value = value;
+    });
     holder.querySelectorAll("details").forEach((d, i) => { if (opened[i]) d.open = true; });
     if (focusKey) {
       const again = [...holder.querySelectorAll("a, button, summary, [id]")].find(
