@@ -9,11 +9,11 @@ or a length that is not a multiple of four is refused, saying which.
 from __future__ import annotations
 
 import binascii
-import re
 from typing import IO
 
-_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\s]")
-_SPACE = re.compile(rb"\s+")
+# bytes.translate deletes at memory speed; a regular expression costs several times more.
+_SPACE = b" \t\n\r\x0b\x0c"
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 
 
 class NotBase64(ValueError):
@@ -29,10 +29,11 @@ class Base64Writer:
         self._padded = False
 
     def feed(self, text: bytes) -> None:
-        if bad := _NOT_BASE64.search(text):
-            shown = bad.group().decode("latin-1")
+        stripped = text.translate(None, _SPACE)
+        if bad := stripped.translate(None, _ALPHABET):
+            shown = bad[:1].decode("latin-1")
             raise NotBase64(f"is not base64: {shown!r} found (base64 text only)")
-        data = self._rest + _SPACE.sub(b"", text)
+        data = self._rest + stripped if self._rest else stripped
         usable = len(data) - len(data) % 4
         self._rest = data[usable:]
         if usable:

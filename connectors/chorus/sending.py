@@ -95,6 +95,8 @@ async def _send_once(ctx: StepContext, client: ChorusClient, invoice: int, ref: 
     The intent is saved first. A run that finds it (a crash, or an answer lost after the
     call went out) looks at the invoice's history before sending: a change is never made
     twice, and never said refused because it was already made."""
+    if ctx.refs.get(ref, "").startswith(SENT):
+        return None  # an earlier run sent it, then stopped before its end
     intent = ctx.refs.get(ref) == "sending" or ctx.save_ref is None
     if intent:
         history = await ctx.call(lambda: client.history(invoice))

@@ -407,3 +407,16 @@ def test_a_second_suspension_without_dates_is_a_new_key() -> None:
                                            "statut": "COMPLETEE",
                                            "dateHeureEtatCourant": "2026-12-01T10:00:00"})
     assert key_of(dated) == "7:COMPLETEE:2026-12-01T10:00:00"
+
+
+async def test_a_rejetee_sent_before_the_run_stopped_is_not_sent_again(
+        peer: Peer, tmp_path: Path) -> None:
+    # The REJETEE after a refused visa went out; reading the history afterwards failed.
+    invoice = peer.store.add(SIRET)
+    await peer.client().process(invoice.id, Change("REJETEE", motif="Visa refusé"))
+    refs = {"statut.visa": "sent 2026-12-03"}
+    metadata = {"id_facture": invoice.id, "statut": "MISE_A_DISPOSITION",
+                "rejection": {"step": "visa", "reason": "Visa refusé"}}
+    outcome = await send_statuses(_status_step(peer, tmp_path, metadata, refs))
+    assert isinstance(outcome, Done) and outcome.metadata["statut"] == "REJETEE"
+    assert peer.stats["status_changes"] == 1 and peer.stats["refused_changes"] == 0
