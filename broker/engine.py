@@ -213,6 +213,10 @@ def apply(
         raise TypeError(f"unexpected step result {result!r}")
     if doc.metadata.get(ASKED) == job.step and not isinstance(result, TransientError):
         transition.metadata.setdefault(ASKED, None)  # done with: the run again is due
+        if not isinstance(result, Pending):
+            entries.append(Entry("error", {
+                "step": job.step, "error": "a request came while this step ran, and the "
+                "step ended before it could take it: ask again if it still applies"}, doc.id))
     transition.journal[:0] = entries
     return _changed(doc, transition)
 
@@ -362,11 +366,11 @@ def follow_up(flow: Flow, doc: Doc, name: str, now: float, actor: str,
 
 
 def takes_follow_up(flow: Flow, doc: Doc, name: str) -> bool:
-    """Whether the document still takes request ``name``: active, and its step is the
-    request's or comes before it in the plan."""
+    """Whether the document still takes request ``name``: active, not rejected, and its
+    step is the request's or comes before it in the plan."""
     step = flow.follow_ups[name].step
-    if doc.state not in ACTIVE:
-        return False
+    if doc.state not in ACTIVE or isinstance(doc.metadata.get(REJECTION), Mapping):
+        return False  # ended, or only the steps that tell of a rejection are left
     if doc.step == step:
         return True
     plan = flow.plan(doc.metadata)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import io
 import re
+import threading
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,15 +207,24 @@ def load_schema(path: Path) -> etree.XMLSchema:
     return etree.XMLSchema(doc)
 
 
+# A compiled schema keeps one error log for every thread that validates with it: two
+# checks at once (a worker's steps run in threads) would read each other's, and a document
+# the schema refuses could come back with no problem. Held from validate to the log read.
+VALIDATING = threading.Lock()
+
+
 def schema_problems(schema: etree.XMLSchema, root: etree._Element) -> list[str]:
     """Every schema violation as 'line N: message'."""
-    try:
-        if schema.validate(root):
-            return []
-    except etree.XMLSchemaValidateError as exc:
-        return [f"line {root.sourceline or 1}: the document cannot be checked against the "
-                f"schema: {exc}"]
-    return [f"line {e.line}: {e.message}" for e in schema.error_log]  # type: ignore[attr-defined]
+    with VALIDATING:
+        try:
+            if schema.validate(root):
+                return []
+        except etree.XMLSchemaValidateError as exc:
+            return [f"line {root.sourceline or 1}: the document cannot be checked against "
+                    f"the schema: {exc}"]
+        said = [f"line {e.line}: {e.message}"
+                for e in schema.error_log]  # type: ignore[attr-defined]
+    return said or [f"line {root.sourceline or 1}: the schema refuses the document"]
 
 
 def iter_elements(source: IO[bytes] | Path, tag: str | Sequence[str] | None = None,

@@ -102,6 +102,8 @@ class Invoice:
     spec: Spec
     history: list[Change] = field(default_factory=list)
     raw_pivot: bytes | None = None
+    # FACTURE, or FACTURE_TRAVAUX (works, listed by their own search)
+    payment_kind: str = "FACTURE"
     # Statuses the recipient sent since the invoice was last (re)opened to it.
     sent: set[str] = field(default_factory=set)
 
@@ -127,7 +129,8 @@ class Invoice:
             "montantAPayer": float(spec.ttc), "montantHT": float(spec.ht),
             "montantTTC": float(spec.ttc), "nomServiceExecutant": self.service[1].title(),
             "numeroBonCommande": spec.engagement, "numeroFacture": self.number,
-            "numeroMarche": spec.marche, "statut": self.status, "typeDemandePaiement": "FACTURE",
+            "numeroMarche": spec.marche, "statut": self.status,
+            "typeDemandePaiement": self.payment_kind,
             "typeFacture": "FACTURE" if spec.kind == "380" else "AVOIR",
             "typeFactureTravaux": None, "typeIdentifiantFournisseur": "SIRET",
         }
@@ -180,7 +183,8 @@ class ChorusStore:
         return self.structures[code]
 
     def add(self, code: str, *, facturx: bool | None = None, attachment_bytes: int = 0,
-            raw_pivot: bytes | None = None, service: str | None = None) -> Invoice:
+            raw_pivot: bytes | None = None, service: str | None = None,
+            payment_kind: str = "FACTURE") -> Invoice:
         structure = self.structure(code)
         number_id = self._next_invoice
         self._next_invoice += 1
@@ -199,7 +203,8 @@ class ChorusStore:
         elif number_id % 2 == 0:
             spec.extra = [("bon-de-livraison.pdf", b"%PDF-1.4 bon de livraison " +
                            str(number_id).encode())]
-        invoice = Invoice(number_id, spec.number, structure, chosen, spec, raw_pivot=raw_pivot)
+        invoice = Invoice(number_id, spec.number, structure, chosen, spec, raw_pivot=raw_pivot,
+                          payment_kind=payment_kind)
         moment = _now()
         for status in ("DEPOSEE", "EN_COURS_ACHEMINEMENT", "MISE_A_DISPOSITION"):
             self._record(invoice, status, moment)
@@ -369,7 +374,7 @@ async def search(request: web.Request) -> web.Response:
          if i.structure.id == body.get("idDestinataire")
          and (since is None or i.changed >= since) and (until is None or i.changed <= until)
          and (not statuses or i.status in statuses)
-         and body.get("typeDemandePaiement", "FACTURE") == "FACTURE"),
+         and body.get("typeDemandePaiement", "FACTURE") == i.payment_kind),
         key=lambda i: (i.changed, i.id))
     if not found:
         return _error(NO_RESULT, "Aucune facture ne correspond aux critères de recherche")
@@ -502,7 +507,8 @@ async def control_invoices(request: web.Request) -> web.Response:
         raw = base64.b64decode(body["pivot"]) if body.get("pivot") else None
         made.append(store.add(str(body["siret"]), facturx=body.get("facturx"),
                               attachment_bytes=int(body.get("attachment_bytes", 0)),
-                              raw_pivot=raw, service=body.get("service")).id)
+                              raw_pivot=raw, service=body.get("service"),
+                              payment_kind=str(body.get("type", "FACTURE"))).id)
     return web.json_response({"ids": made})
 
 

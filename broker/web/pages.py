@@ -365,13 +365,16 @@ async def document_page(request: web.Request, refused: Mapping[str, Any] | None 
     journal = await views.journal_of(rt, who, doc_id)
     async with rt.db.connect() as conn:
         last_event = await stored_events.last_id(conn)
+    requests = _requests(rt, row, refused)
+    # A refusal whose form is no longer offered (the document moved on) is shown alone.
+    alone = refused and not any(r["name"] == refused.get("name") for r in requests)
     return _page(request, "document.html", {
         "doc": doc, "row": row, "timeline": _timeline(journal), "allowed": _allowed(request, row),
-        "requests": _requests(rt, row, refused),
+        "requests": requests, "refusal": refused.get("message") if alone and refused else None,
         "metadata": {k: _shown(v) for k, v in row.metadata.items()},
         "done": request.query.get("fait"), "last_event": last_event,
         "in_step": time.time() - (row.step_since or row.updated_at)},
-        status=422 if refused else 200)
+        status=int(refused.get("status", 422)) if refused else 200)
 
 
 async def request_post(request: web.Request) -> web.Response:
@@ -385,10 +388,11 @@ async def request_post(request: web.Request) -> web.Response:
     try:
         await operations.follow_up(rt, who, doc_id, name, json.dumps(values).encode())
     except ServiceError as exc:
-        if exc.status != 422:
+        if exc.status not in (409, 422):
             raise
+        # Refused, or no longer possible (the invoice moved on since the page was shown).
         return await document_page(request, {
-            "name": name, "values": values, "message": exc.message,
+            "name": name, "values": values, "message": exc.message, "status": exc.status,
             "problems": [f"{p.field} : {p.message}" for p in exc.problems]})
     raise web.HTTPSeeOther(f"/ui/documents/{doc_id}?{urlencode({'fait': name})}")
 

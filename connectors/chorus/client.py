@@ -178,13 +178,13 @@ def _coded(body: Any, what: str, status: int = 200) -> dict[str, Any]:
     """``body`` when its ``codeRetour`` says success; the right error otherwise."""
     if not isinstance(body, dict):
         raise PermanentError(f"{what}: the answer is not a JSON object")
-    if status == 400 and int_or_none(body.get("codeRetour")) in (None, OK):
-        # A gateway's refusal ({"error": ...}), not an empty Chorus Pro answer.
-        raise PermanentError(f"{what}: HTTP {status}: {json.dumps(body)[:500]}")
     functional = body.get("retourFonctionnel")
     if isinstance(functional, dict):
         raise Refused(f"{what}: {functional.get('codeRetourFonctionnel')} "
                              f"{functional.get('libelleRetourFonctionnel')}")
+    if status == 400 and int_or_none(body.get("codeRetour")) in (None, OK):
+        # A gateway's refusal ({"error": ...}), not an empty Chorus Pro answer.
+        raise PermanentError(f"{what}: HTTP {status}: {json.dumps(body)[:500]}")
     code = body.get("codeRetour", OK)
     try:
         code = int(code)
@@ -278,7 +278,8 @@ class ChorusClient:
                 raise transient_from(exc, what) from exc
             except json.JSONDecodeError as exc:
                 if status == 200:  # a gateway's maintenance page, not Chorus Pro's answer
-                    raise TransientError(f"{what}: the answer is not JSON: {exc}") from exc
+                    lost = MaybeApplied if not idempotent else TransientError
+                    raise lost(f"{what}: the answer is not JSON: {exc}") from exc
                 raise PermanentError(f"{what}: the answer is not JSON: {exc}") from exc
         raise AssertionError("unreachable")
 
@@ -339,7 +340,8 @@ class ChorusClient:
                 return
             first = _second_of(found.listeFactures[0].dateHeureEtatCourant, start)
             last = _second_of(found.listeFactures[-1].dateHeureEtatCourant, start)
-            if first is not None and last is not None and last > first:
+            # Only forward: a peer that ignores the date would give this page again.
+            if first is not None and last is not None and last > first and last > start:
                 start, page = last, 1
             else:
                 page += 1

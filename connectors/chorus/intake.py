@@ -10,9 +10,9 @@ change makes at most one document.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -24,6 +24,7 @@ from connectors.chorus.statuses import LABELS, TO_PROCESS
 
 FLOW = "facture"
 OVERLAP = timedelta(hours=1)
+KINDS: tuple[Literal["FACTURE", "FACTURE_TRAVAUX"], ...] = ("FACTURE", "FACTURE_TRAVAUX")
 
 
 def key_of(summary: InvoiceSummary, history_mark: int | None = None) -> str:
@@ -52,6 +53,7 @@ def metadata_of(summary: InvoiceSummary, settings: ChorusSettings) -> dict[str, 
                      "a_payer": amount(summary.montantAPayer), "devise": summary.devise},
         "date_facture": summary.dateFacture, "date_depot": summary.dateDepot,
         "type_facture": summary.typeFacture,
+        "type_demande_paiement": summary.typeDemandePaiement or "FACTURE",
         "numero_bon_commande": summary.numeroBonCommande,
         "numero_marche": summary.numeroMarche,
         "visa": settings.visa, "archive": settings.archive,
@@ -64,6 +66,15 @@ def metadata_of(summary: InvoiceSummary, settings: ChorusSettings) -> dict[str, 
                                f"{amount(summary.montantTTC)} {summary.devise or 'EUR'} TTC",
                 **({"start_date": summary.dateFacture} if summary.dateFacture else {})},
     }
+
+
+async def _received(client: ChorusClient, structure: int, since: datetime, until: datetime,
+                    page_size: int) -> AsyncIterator[InvoiceSummary]:
+    """Invoices, then works invoices (listed apart by Chorus Pro), changed in the window."""
+    for kind in KINDS:
+        async for summary in client.search_received(structure, since, until, kind=kind,
+                                                    page_size=page_size):
+            yield summary
 
 
 async def fetch(config: Mapping[str, Any], entity: str, http: aiohttp.ClientSession,
@@ -80,8 +91,7 @@ async def fetch(config: Mapping[str, Any], entity: str, http: aiohttp.ClientSess
     since = (datetime.fromisoformat(last) - OVERLAP if isinstance(last, str)
              else until - timedelta(days=settings.first_window_days))
     found = []
-    async for summary in client.search_received(structure, since, until,
-                                                page_size=settings.page_size):
+    async for summary in _received(client, structure, since, until, settings.page_size):
         skip = None
         if summary.statut not in TO_PROCESS:
             skip = f"statut {summary.statut}"

@@ -160,6 +160,11 @@ async def send_statuses(ctx: StepContext) -> Outcome:
 
 async def _after_rejection(ctx: StepContext, client: ChorusClient, invoice: int,
                            rejection: Mapping[str, Any]) -> Outcome:
+    # Statuses asked while the invoice was still being received or signed are not sent:
+    # each is said refused, so that the asker sees why.
+    for ref, _change in pending_changes(ctx.metadata, ctx.refs):
+        await _save(ctx, ref, f"{REFUSED}: not sent, the invoice was rejected at step "
+                              f"{rejection.get('step')}")
     if rejection.get("step") != "visa":
         return Done(note="nothing sent to Chorus Pro: the invoice was refused by the broker; "
                          "a person decides what to tell the supplier")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from broker.xmlsafe import VALIDATING
 from connectors import schema_files
 
 ALLER = "PES_Aller.xsd"
@@ -159,7 +160,7 @@ class Watch:
         assert self.root is not None
         self._quiet = True  # this validation's own errors are not the document's
         try:
-            with _VALIDATING:  # the schema's error log is one for all threads
+            with VALIDATING:  # the schema's error log is one for all threads
                 self._schema.validate(copy.deepcopy(self.root))
                 log = [(e.message, e.line, e.path)
                        for e in self._schema.error_log]  # type: ignore[attr-defined]
@@ -203,7 +204,6 @@ class _Hook(etree.PyErrorLog):  # type: ignore[misc]
 
 
 _thread = threading.local()
-_VALIDATING = threading.Lock()
 
 
 @contextlib.contextmanager

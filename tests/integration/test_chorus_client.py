@@ -20,6 +20,7 @@ from broker.retry import InCallRetry, RetryPolicy
 from connectors.base import Done, Pending, PermanentError, StepContext, TransientError
 from connectors.chorus.client import (
     ChorusClient,
+    Refused,
     StatusInconsistent,
     TokenCache,
     TooLarge,
@@ -188,7 +189,8 @@ async def test_status_changes_and_their_refusals(peer: Peer) -> None:
 
 
 async def test_an_unknown_invoice_is_a_functional_error(peer: Peer) -> None:
-    with pytest.raises(PermanentError, match=r"GDP_MSG_11\.008"):
+    # Refused (Chorus Pro said no), which a status step records, not a broken exchange.
+    with pytest.raises(Refused, match=r"GDP_MSG_11\.008"):
         await peer.client().history(999_999)
 
 
@@ -420,3 +422,30 @@ async def test_a_rejetee_sent_before_the_run_stopped_is_not_sent_again(
     outcome = await send_statuses(_status_step(peer, tmp_path, metadata, refs))
     assert isinstance(outcome, Done) and outcome.metadata["statut"] == "REJETEE"
     assert peer.stats["status_changes"] == 1 and peer.stats["refused_changes"] == 0
+
+
+async def test_a_fetch_finds_works_invoices_too(peer: Peer) -> None:
+    from connectors.chorus.intake import fetch
+
+    plain = peer.store.add(SIRET)
+    works = peer.store.add(SIRET, payment_kind="FACTURE_TRAVAUX")
+    config = peer.settings().model_dump(mode="json") | {
+        "client_secret": "piste-secret", "password": "cpro-password"}
+    fetched = await fetch(config, SIRET[:9], peer.http, None)
+    kinds = {f.metadata["id_facture"]: f.metadata["type_demande_paiement"]
+             for f in fetched.found}
+    assert kinds == {plain.id: "FACTURE", works.id: "FACTURE_TRAVAUX"}
+
+
+async def test_statuses_asked_before_a_refused_visa_are_said_refused_not_sent(
+        peer: Peer, tmp_path: Path) -> None:
+    invoice = peer.store.add(SIRET)
+    refs: dict[str, str] = {}
+    metadata = {"id_facture": invoice.id, "statut": "MISE_A_DISPOSITION",
+                "statuts_demandes": [{"statuts": ["SERVICE_FAIT"]}],
+                "rejection": {"step": "visa", "reason": "Visa refusé"}}
+    outcome = await send_statuses(_status_step(peer, tmp_path, metadata, refs))
+    assert isinstance(outcome, Done)
+    assert refs["statut.1.1"] == "refused: not sent, the invoice was rejected at step visa"
+    assert [c.status for c in invoice.history][-1] == "REJETEE"
+    assert peer.stats["status_changes"] == 1

@@ -384,5 +384,16 @@ async def test_an_operator_sends_statuses_from_the_dashboard_form(stack: Stack) 
         journal = await views.journal_of(stack.rt, OPERATOR, document["id"])
         [entry] = [e for e in journal if e.get("action") == "statuts"]
         assert entry["actor"].startswith("operator:")
+        # Once the invoice has ended, the form is gone and a late one is told why.
+        closing = await client.post(form, data={"csrf": csrf, "statuts": "REJETEE",
+                                                "motif": "Doublon"}, headers=origin,
+                                    allow_redirects=False)
+        assert closing.status == 303
+        await until(lambda: _ended(stack, document["id"]))
+        late = await client.post(form, data={"csrf": csrf, "statuts": "MANDATEE",
+                                             "numero_dp_mandat": "DP-1"}, headers=origin)
+        text = await late.text()
+        assert late.status in (409, 422) and "Demande non prise" in text
+        assert 'action="' + form + '"' not in text
     finally:
         await client.close()

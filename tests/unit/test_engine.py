@@ -336,3 +336,16 @@ def test_a_request_after_its_step_or_the_end_is_refused_saying_why(state: str,
                                                                    step: str) -> None:
     with pytest.raises(eng.NotAllowed, match="until document D1 has passed step send"):
         _ask(doc(state, step))
+
+
+def test_a_request_the_step_ended_without_is_said_and_a_rejected_document_takes_none(
+        ) -> None:
+    d = eng.Doc("D1", "two", eng.RUNNING, "send", 1, {"sign": True, eng.ASKED: "send"})
+    ended = eng.apply(ASKING, d, eng.Job("send", "poll", 1), Done(), NOW, POLICIES)
+    assert ended.state == eng.COMPLETED and ended.metadata[eng.ASKED] is None
+    assert any(e.kind == "error" and "ask again" in e.data["error"] for e in ended.journal)
+    rejected = eng.Doc("D1", "two", eng.WAITING, "send", 1,
+                       {"sign": True, "rejection": {"step": "sign", "reason": "non"}})
+    assert not eng.takes_follow_up(ASKING, rejected, "ask")
+    with pytest.raises(eng.NotAllowed):
+        _ask(rejected)

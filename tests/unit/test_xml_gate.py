@@ -175,3 +175,26 @@ def test_the_gate_decodes_with_the_encoding_it_judged() -> None:
     assert xmlsafe.parser(encoding="ISO-8859-1") is not None
     data = '<?xml version="1.0" encoding="ISO-8859-1"?><a>\u00e9</a>'.encode("iso8859-1")
     assert parse_bytes(data, encodings=ACTES).text == "\u00e9"
+
+
+def test_a_schema_checked_from_many_threads_at_once_says_each_documents_problems(
+        tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lxml import etree
+
+    from broker.xmlsafe import load_schema, schema_problems
+
+    xsd = tmp_path / "n.xsd"
+    xsd.write_text('<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">'
+                   '<xs:element name="n" type="xs:date"/></xs:schema>')
+    schema = load_schema(xsd)
+    good, bad = etree.fromstring(b"<n>2026-12-03</n>"), etree.fromstring(b"<n>03/12/2026</n>")
+
+    def check(n: int) -> tuple[bool, list[str]]:
+        is_bad = n % 2 == 0
+        return is_bad, schema_problems(schema, bad if is_bad else good)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(check, range(4000)))
+    assert all(bool(problems) == is_bad for is_bad, problems in results)

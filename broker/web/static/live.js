@@ -20,7 +20,9 @@
   }
 
   async function reload(holder, ticket) {
-    const answer = await fetch(window.location.href, { credentials: "same-origin" });
+    // The document's own page: this one may be the answer to a refused form (a POST).
+    const answer = await fetch("/ui/documents/" + encodeURIComponent(holder.dataset.document),
+                               { credentials: "same-origin" });
     if (!answer.ok || ticket !== asked) return;
     const page = new DOMParser().parseFromString(await answer.text(), "text/html");
     const fresh = page.getElementById("document-live");
