@@ -276,7 +276,10 @@ def _after_pending(flow: Flow, doc: Doc, job: Job, result: Pending, now: float,
     # A poll keeps the run number: it never spends the retry budget.
     nxt = NextJob(job.step, flow.step(job.step).connector, "poll", job.run, due, polls + 1,
                   deadline)
-    return Transition(WAITING, job.step, job.run, nxt)
+    # A step that tells of a rejection and waits keeps the rejection's reason in view.
+    rejection = doc.metadata.get(REJECTION)
+    shown = str(rejection.get("reason")) if isinstance(rejection, Mapping) else None
+    return Transition(WAITING, job.step, job.run, nxt, last_error=shown)
 
 
 def _after_transient(flow: Flow, doc: Doc, job: Job, error: TransientError, now: float,
@@ -366,11 +369,16 @@ def follow_up(flow: Flow, doc: Doc, name: str, now: float, actor: str,
 
 
 def takes_follow_up(flow: Flow, doc: Doc, name: str) -> bool:
-    """Whether the document still takes request ``name``: active, not rejected, and its
-    step is the request's or comes before it in the plan."""
-    step = flow.follow_ups[name].step
-    if doc.state not in ACTIVE or isinstance(doc.metadata.get(REJECTION), Mapping):
-        return False  # ended, or only the steps that tell of a rejection are left
+    """Whether the document still takes request ``name``: active, and its step is the
+    request's or comes before it in the plan; once rejected, only at the request's step
+    and after a rejection the request declares it follows."""
+    wanted = flow.follow_ups[name]
+    step = wanted.step
+    if doc.state not in ACTIVE:
+        return False
+    rejection = doc.metadata.get(REJECTION)
+    if isinstance(rejection, Mapping):  # only the steps that tell of it are left
+        return doc.step == step and rejection.get("step") in wanted.after_rejection_at
     if doc.step == step:
         return True
     plan = flow.plan(doc.metadata)

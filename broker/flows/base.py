@@ -104,6 +104,9 @@ class FollowUp:
     # What a person asking should know now (the statuses possible next), from the
     # document's metadata and references; shown by the dashboard's form.
     hint: Callable[[Mapping[str, Any], Mapping[str, str]], str] | None = None
+    # Rejections at these steps still let the request be taken at its step: a person
+    # tells the peer what to do with what the broker refused (an invoice: REJETEE).
+    after_rejection_at: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ and status change that needs work (new, or completed after a suspension); never 
 The finance software asks for the next statuses through the API
 (``POST /api/v1/documents/{id}/requests/statuts``), checked against what Chorus Pro allows from
 the current status before anything is sent. A visa refused in the parapheur sends the
-invoice REJETEE with the annotation as motif (``status`` runs after a rejection).
+invoice REJETEE with the annotation as motif (``status`` runs after a rejection); an
+invoice the broker refused waits there for a person to say what to tell the supplier.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.flows.base import Flow, FollowUp, FollowUpRefused, Problem, Step
+from broker.outcomes import REJECTION
 from broker.retry import PollPolicy
 from connectors.chorus.sending import REQUESTS, current_status, pending_changes
 from connectors.chorus.statuses import (
@@ -76,6 +78,11 @@ def statuses_hint(metadata: Mapping[str, Any], refs: Mapping[str, str]) -> str:
     allowed = NEXT.get(current, ())
     known = f"La facture est (ou sera, une fois les demandes en cours envoyées) " \
             f"« {LABELS.get(current, current)} »."
+    rejection = metadata.get(REJECTION)
+    if isinstance(rejection, Mapping) and allowed:
+        known = (f"Refusée à l'étape {rejection.get('step')} : {rejection.get('reason')}. "
+                 f"Dites au fournisseur ce qu'il en est : REJETEE (à refaire) ou A_RECYCLER "
+                 f"(mauvais destinataire), avec un motif. {known}")
     if not allowed:
         return f"{known} Aucun statut ne peut plus être envoyé."
     return (f"{known} Statuts possibles ensuite : {', '.join(allowed)} ; une chaîne "
@@ -131,5 +138,5 @@ FACTURE = FactureFlow(
     follow_ups={"statuts": FollowUp(
         "status", StatusRequest, accept_statuses,
         "the invoice's next statuses, sent to Chorus Pro one at a time",
-        hint=statuses_hint)},
+        hint=statuses_hint, after_rejection_at=frozenset({"receive", "deliver"}))},
 )

@@ -10,8 +10,10 @@ rest of its chain is not sent. The step waits (polling the history) until the in
 closed for the recipient — rejected, suspended, to recycle, paid — and then ends.
 
 A visa refused in the parapheur comes here as the flow's rejection: the invoice is sent
-REJETEE with the signer's annotation as motif. An invoice the broker itself refused is
-not touched: a person decides what to tell the supplier.
+REJETEE with the signer's annotation as motif. An invoice the broker itself refused (or
+the finance software would not take) is sent nothing on its own: the step waits, its
+reason in view, for a person to say what to tell the supplier (REJETEE or A_RECYCLER with
+a motif, through the API or the invoice's page), sends that, and ends.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ async def send_statuses(ctx: StepContext) -> Outcome:
     client = ChorusClient.of(ctx.http, ctx.config, ctx.entity)
     invoice = int(ctx.metadata["id_facture"])
     rejection = ctx.metadata.get(REJECTION)
-    if isinstance(rejection, Mapping):
+    if isinstance(rejection, Mapping) and rejection.get("step") == "visa":
         return await _after_rejection(ctx, client, invoice, rejection)
     current = current_status(ctx.metadata, ctx.refs)
     refused = []
@@ -153,6 +155,10 @@ async def send_statuses(ctx: StepContext) -> Outcome:
         return Done(metadata={"statut": current}, note=f"invoice {current}",
                     files=await _history_file(ctx, client, invoice))
     note = f"invoice {current}; waiting for its next status"
+    if isinstance(rejection, Mapping) and current not in CLOSED:
+        # Refused by the broker, or by the finance software: a person tells the supplier.
+        note = (f"invoice {current}, refused at step {rejection.get('step')}: waiting for a "
+                f"person to send Chorus Pro its status (REJETEE or A_RECYCLER with a motif)")
     if refused:
         note += " (refused by Chorus Pro: " + "; ".join(refused) + ")"
     return Pending(WAIT, note=note)
@@ -165,9 +171,6 @@ async def _after_rejection(ctx: StepContext, client: ChorusClient, invoice: int,
     for ref, _change in pending_changes(ctx.metadata, ctx.refs):
         await _save(ctx, ref, f"{REFUSED}: not sent, the invoice was rejected at step "
                               f"{rejection.get('step')}")
-    if rejection.get("step") != "visa":
-        return Done(note="nothing sent to Chorus Pro: the invoice was refused by the broker; "
-                         "a person decides what to tell the supplier")
     motif = str(rejection.get("reason") or "").strip() or "Visa refusé"
     change = Change("REJETEE", motif=motif[:MAX_MOTIF])
     said = await _send_once(ctx, client, invoice, "statut.visa", change,

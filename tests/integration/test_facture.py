@@ -222,19 +222,30 @@ async def test_a_refused_visa_sends_rejetee_with_the_annotation(stack: Stack) ->
     assert stats_of(stack.chorus)["duplicates"] == 0
 
 
-async def test_a_bad_invoice_is_refused_and_nothing_is_delivered_nor_sent(stack: Stack
-                                                                            ) -> None:
+async def test_a_bad_invoice_is_refused_then_a_person_tells_the_supplier(stack: Stack
+                                                                         ) -> None:
     bad = pivot(Spec(number="FA-BAD", debtor_siret=PLAIN)).replace(
         b"<MontantTTC>289.20", b"<MontantTTC>389.20")
     invoice = stack.store.add(PLAIN, raw_pivot=bad)
     invoice.number = "FA-BAD"
     await stack.fetch()
     [document] = await settled(stack, 1)
-    assert document["state"] == "rejected"
+    # Nothing delivered, nothing sent: it waits, its reason in view, for a person.
+    assert (document["state"], document["step"]) == ("waiting", "status"), document
     assert "MontantTTC 389.20" in document["last_error"]
     assert await stack.receipts() == []
     assert invoice.status == "MISE_A_DISPOSITION"
     assert stats_of(stack.chorus)["status_changes"] == 0
+    await operations.follow_up(stack.rt, OPERATOR, document["id"], "statuts",
+                               '{"statuts": "REJETEE", "motif": "Montant TTC erroné"}'.encode())
+    ended = await until(lambda: _ended(stack, document["id"]))
+    assert ended["state"] == "rejected" and "MontantTTC 389.20" in ended["last_error"]
+    assert invoice.status == "REJETEE" and invoice.history[-1].comment == "Montant TTC erroné"
+    assert await stack.receipts() == []
+    # Rejected at Chorus Pro: nothing more is taken.
+    with pytest.raises(ServiceError):
+        await operations.follow_up(stack.rt, OPERATOR, document["id"], "statuts",
+                                   b'{"statuts": "SERVICE_FAIT"}')
 
 
 async def _one_invoice_closed_by(stack: Stack, code: str, request: bytes
@@ -291,7 +302,7 @@ async def test_every_bad_invoice_is_refused_with_nothing_delivered_nor_sent(stac
     documents = await settled(stack, len(BAD))
     for doc in documents:
         case, said = made[doc["metadata"]["id_facture"]]
-        assert doc["state"] == "rejected", (case, doc)
+        assert (doc["state"], doc["step"]) == ("waiting", "status"), (case, doc)
         assert said in doc["last_error"] or any(said in p for p in doc["metadata"]["problemes"]), \
             (case, doc["last_error"])
     assert await stack.receipts() == []

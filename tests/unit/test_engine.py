@@ -349,3 +349,22 @@ def test_a_request_the_step_ended_without_is_said_and_a_rejected_document_takes_
     assert not eng.takes_follow_up(ASKING, rejected, "ask")
     with pytest.raises(eng.NotAllowed):
         _ask(rejected)
+
+
+def test_a_request_declared_after_a_rejection_is_taken_at_its_step_only() -> None:
+    told = TwoStep(
+        name="two", description="", files={}, metadata_model=Meta,
+        steps=[Step("sign", "parapheur"), Step("send", "tdt")],
+        follow_ups={"ask": FollowUp("send", Asked, lambda _m, _r, _a, _w: {},
+                                    after_rejection_at=frozenset({"sign"}))})
+    meta = {"sign": True, "rejection": {"step": "sign", "reason": "refusé"}}
+    assert eng.takes_follow_up(told, eng.Doc("D1", "two", eng.WAITING, "send", 1, meta), "ask")
+    assert not eng.takes_follow_up(told, eng.Doc("D1", "two", eng.WAITING, "sign", 1, meta),
+                                   "ask")
+    other = {"sign": True, "rejection": {"step": "send", "reason": "refusé"}}
+    assert not eng.takes_follow_up(told, eng.Doc("D1", "two", eng.WAITING, "send", 1, other),
+                                   "ask")
+    # While it waits for the request, the rejection's reason stays in view.
+    waiting = eng.apply(told, eng.Doc("D1", "two", eng.RUNNING, "send", 1, meta),
+                        eng.Job("send", "run", 1), Pending(None), NOW, POLICIES)
+    assert waiting.state == eng.WAITING and waiting.last_error == "refusé"
