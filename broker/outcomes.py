@@ -75,7 +75,12 @@ class TransientError(StepError):
     """Connection refused, timeout, 5xx, 429...: the same call may succeed later.
 
     ``retry_after`` (seconds) carries a peer's ``Retry-After`` when it gave one.
+    ``retry_in_call`` off: the call may have done its work before failing (a change lost
+    on its way back), so it is not tried again within the step; the step's next run
+    looks first.
     """
+
+    retry_in_call: bool = True
 
 
 class PermanentError(StepError):

@@ -156,7 +156,9 @@ class InCallRetry:
                 and exc.retry_after is not None
                 and exc.retry_after > policy.in_call_max_retry_after
             )
-            return too_long or bool(stop_after_attempt(policy.in_call_attempts)(state))
+            not_again = isinstance(exc, TransientError) and not exc.retry_in_call
+            return too_long or not_again or bool(
+                stop_after_attempt(policy.in_call_attempts)(state))
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None

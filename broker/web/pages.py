@@ -341,8 +341,8 @@ def _requests(rt: Runtime, row: Any, refused: Mapping[str, Any] | None = None
     for name, wanted in sorted(flow.follow_ups.items()):
         if not eng.takes_follow_up(flow, doc, name):
             continue
-        properties = wanted.model.model_json_schema().get("properties", {})
-        required = set(wanted.model.model_json_schema().get("required", ()))
+        schema = wanted.model.model_json_schema()
+        properties, required = schema.get("properties", {}), set(schema.get("required", ()))
         mine = refused if refused and refused.get("name") == name else {}
         shown.append({
             "name": name, "description": wanted.description,
@@ -367,10 +367,12 @@ async def document_page(request: web.Request, refused: Mapping[str, Any] | None 
         last_event = await stored_events.last_id(conn)
     requests = _requests(rt, row, refused)
     # A refusal whose form is no longer offered (the document moved on) is shown alone.
-    alone = refused and not any(r["name"] == refused.get("name") for r in requests)
+    refusal = None
+    if refused is not None and all(r["name"] != refused.get("name") for r in requests):
+        refusal = refused.get("message")
     return _page(request, "document.html", {
         "doc": doc, "row": row, "timeline": _timeline(journal), "allowed": _allowed(request, row),
-        "requests": requests, "refusal": refused.get("message") if alone and refused else None,
+        "requests": requests, "refusal": refusal,
         "metadata": {k: _shown(v) for k, v in row.metadata.items()},
         "done": request.query.get("fait"), "last_event": last_event,
         "in_step": time.time() - (row.step_since or row.updated_at)},

@@ -80,6 +80,8 @@ class StatusInconsistent(Refused):
 class MaybeApplied(TransientError):
     """A change lost after it was sent (timeout, 5xx): Chorus Pro may have made it."""
 
+    retry_in_call = False
+
 
 def int_or_none(value: Any) -> int | None:
     try:

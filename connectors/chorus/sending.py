@@ -32,8 +32,8 @@ from connectors.base import (
     PermanentError,
     StepContext,
 )
-from connectors.chorus.client import ChorusClient, MaybeApplied, Refused
-from connectors.chorus.models import History, ProcessAnswer
+from connectors.chorus.client import ChorusClient, Refused
+from connectors.chorus.models import History
 from connectors.chorus.statuses import CLOSED, MAX_MOTIF, Change, change_to
 
 REQUESTS = "statuts_demandes"
@@ -72,14 +72,6 @@ async def _save(ctx: StepContext, key: str, value: str) -> None:
         await ctx.save_ref(key, value)
 
 
-class _Lost(Exception):
-    """Carries a MaybeApplied past the in-call retries: it must not be sent again blind."""
-
-    def __init__(self, error: MaybeApplied) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 def _made_since(history: History, status: str, previous: str) -> bool:
     """Whether the history shows ``status`` reached after the newest ``previous`` (the
     status the broker knew before sending): Chorus Pro, or Hélios, may have moved on."""
@@ -107,17 +99,10 @@ async def _send_once(ctx: StepContext, client: ChorusClient, invoice: int, ref: 
             await _save(ctx, CURRENT, change.status)
             return None
     await _save(ctx, ref, "sending")
-
-    async def send() -> ProcessAnswer:
-        try:
-            return await client.process(invoice, change)
-        except MaybeApplied as exc:
-            raise _Lost(exc) from exc
-
     try:
-        answer = await ctx.call(send)
-    except _Lost as lost:
-        raise lost.error from None  # the next run looks at the history first
+        # A change lost on its way back (MaybeApplied) is not sent again within the call:
+        # the step's next run finds the intent and looks at the history first.
+        answer = await ctx.call(lambda: client.process(invoice, change))
     except Refused as exc:
         await _save(ctx, ref, f"{REFUSED}: {exc.message}")
         return exc.message
@@ -145,6 +130,7 @@ async def send_statuses(ctx: StepContext) -> Outcome:
         else:
             refused.append(f"{change.status}: {said}")
             stopped.add(chain)
+    history: History | None = None
     if current not in CLOSED:
         # Chorus Pro may move on without the broker (Hélios pays a mandated invoice).
         history = await ctx.call(lambda: client.history(invoice))
@@ -152,8 +138,10 @@ async def send_statuses(ctx: StepContext) -> Outcome:
             current = history.statutCourantCode
             await _save(ctx, CURRENT, current)
     if current in CLOSED:
+        if history is None:
+            history = await ctx.call(lambda: client.history(invoice))
         return Done(metadata={"statut": current}, note=f"invoice {current}",
-                    files=await _history_file(ctx, client, invoice))
+                    files=await _history_file(ctx, history, invoice))
     note = f"invoice {current}; waiting for its next status"
     if isinstance(rejection, Mapping) and current not in CLOSED:
         # Refused by the broker, or by the finance software: a person tells the supplier.
@@ -177,15 +165,15 @@ async def _after_rejection(ctx: StepContext, client: ChorusClient, invoice: int,
                             current_status(ctx.metadata, ctx.refs))
     if said is not None:
         raise PermanentError(f"Chorus Pro refused REJETEE after the refused visa: {said}")
+    history = await ctx.call(lambda: client.history(invoice))
     return Done(metadata={"statut": "REJETEE", "motif": change.motif},
                 note=f"sent REJETEE: {change.motif}",
-                files=await _history_file(ctx, client, invoice))
+                files=await _history_file(ctx, history, invoice))
 
 
-async def _history_file(ctx: StepContext, client: ChorusClient, invoice: int
+async def _history_file(ctx: StepContext, history: History, invoice: int
                         ) -> tuple[NewFile, ...]:
     """The invoice's status history at Chorus Pro, oldest first (kept, and archived)."""
-    history = await ctx.call(lambda: client.history(invoice))
     path = ctx.scratch(f"historique-{invoice}.json")
     body = {"id_facture": invoice, "statut_courant": history.statutCourantCode,
             "historique": [e.model_dump(mode="json") for e in history.oldest_first()]}

@@ -64,3 +64,22 @@ async def test_long_retry_after_is_not_slept_in_call() -> None:
     with pytest.raises(TransientError):
         await InCallRetry(RetryPolicy(in_call_attempts=5), records.append)(busy)
     assert records == []
+
+
+async def test_a_call_that_may_have_done_its_work_is_not_tried_again_within_the_step(
+        ) -> None:
+    from broker.outcomes import TransientError
+    from broker.retry import InCallRetry, RetryPolicy
+
+    class Lost(TransientError):
+        retry_in_call = False
+
+    calls = []
+
+    async def call() -> None:
+        calls.append(1)
+        raise Lost("the answer was lost")
+
+    with pytest.raises(Lost):
+        await InCallRetry(RetryPolicy(in_call_attempts=5, in_call_initial=0.01))(call)
+    assert len(calls) == 1
